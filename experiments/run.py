@@ -1,0 +1,250 @@
+"""The one entry point of keras_icckd runs: reads flags, hands explicit arguments down.
+
+    python experiments/run.py --flagfile=experiments/flags/quickstart.flags
+    python experiments/run.py --mode=teacher --arch=resnet20 --dataset=folder --epochs=2 \
+        --output_dir=runs/teacher
+
+The backend is chosen by KERAS_BACKEND (tensorflow or jax), as everywhere in Keras.
+A run writes into --output_dir: model.keras, metrics.json, curves.png and tensorboard/.
+"""
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+FLAGS = flags.FLAGS
+
+MODES = ("teacher", "student", "export")
+DATASETS = ("cifar10", "cifar100", "folder", "tfds", "synthetic")
+
+flags.DEFINE_enum("mode", "teacher", MODES, "What to run.")
+flags.DEFINE_string("arch", "resnet32x4", "Backbone preset (see keras_icckd.backbones.names()).")
+flags.DEFINE_enum("dataset", "folder", DATASETS,
+                  "Data source. 'folder' with no --data_dir is the bundled CIFAR-10 subset.")
+flags.DEFINE_string("data_dir", None,
+                    "cifar10/cifar100: the python tarball or its folder; folder: a split/class/image "
+                    "folder or archive (default: the bundled CIFAR-10 subset); tfds: the TFDS data_dir.")
+flags.DEFINE_string("tfds_name", None, "TFDS dataset name, with --dataset=tfds.")
+flags.DEFINE_bool("verify_checksum", True, "Check the md5 of the canonical CIFAR tarballs.")
+flags.DEFINE_integer("synthetic_classes", 10, "Classes of --dataset=synthetic.")
+flags.DEFINE_integer("synthetic_train_per_class", 50, "Training images per class, --dataset=synthetic.")
+flags.DEFINE_integer("synthetic_test_per_class", 10, "Test images per class, --dataset=synthetic.")
+flags.DEFINE_integer("synthetic_subclasses", 1, "Sub-clusters inside each synthetic class.")
+flags.DEFINE_integer("max_train_examples", 0, "Use a class-balanced subset of the training set (0: all).")
+flags.DEFINE_integer("max_test_examples", 0, "Use a class-balanced subset of the test set (0: all).")
+flags.DEFINE_integer("epochs", 240, "Training epochs.")
+flags.DEFINE_integer("batch_size", 64, "Training batch size.")
+flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
+flags.DEFINE_float("lr", 0.05, "Initial learning rate.")
+flags.DEFINE_list("lr_decay_epochs", ["150", "180", "210"], "Epochs at which lr is multiplied by --lr_decay_rate.")
+flags.DEFINE_float("lr_decay_rate", 0.1, "Step-decay factor.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (Keras SGD's decoupled form).")
+flags.DEFINE_integer("seed", 0, "Seeds Python, NumPy, the backend and the data order.")
+flags.DEFINE_string("output_dir", None, "Where the run's files go (created if missing).")
+flags.DEFINE_float("icc_lambda", 0.05, "Weight of the intra-class contrastive loss; 0 gives a plain CE teacher.")
+flags.DEFINE_float("icc_delta", 0.5, "Margin threshold delta of the ICC margin mechanism.")
+flags.DEFINE_float("icc_tau", 0.1, "Temperature of the intra-class contrastive loss.")
+flags.DEFINE_integer("icc_cache_size", 4096, "Slots of the cache of earlier projections (0: no cache).")
+flags.DEFINE_enum("icc_margin_mode", "gate", ("gate", "hinge", "none"),
+                  "Margin mechanism (reconstructed, see METHODS.md): gate | hinge | none.")
+flags.DEFINE_integer("icc_projection_dim", 128, "Output size of the teacher's projection head.")
+flags.DEFINE_integer("diagnostic_examples", 1000,
+                     "Held-out test images used for the per-epoch intra/inter-class distances (0: off).")
+flags.DEFINE_enum("jit_compile", "auto", ("auto", "true", "false"),
+                  "XLA compilation of the train step. auto: off on TensorFlow (faster on CPU), on for JAX.")
+flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/tensorboard.")
+
+flags.mark_flag_as_required("output_dir")
+
+
+def validate_flags():
+    """Checks every flag before any data is loaded or model built; raises app.UsageError."""
+    from keras_icckd import backbones
+
+    def need(ok, flag, allowed):
+        if not ok:
+            raise app.UsageError(f"--{flag}={getattr(FLAGS, flag)!r} is not allowed: expected {allowed}")
+
+    if FLAGS.mode != "teacher":
+        raise app.UsageError(f"--mode={FLAGS.mode!r} is not available in this version; only "
+                             "--mode=teacher is implemented so far")
+    need(FLAGS.arch in backbones.names(), "arch", f"one of {', '.join(backbones.names())}")
+    need(FLAGS.dataset != "tfds" or FLAGS.tfds_name, "tfds_name", "a TFDS name with --dataset=tfds")
+    need(FLAGS.dataset not in ("cifar10", "cifar100", "tfds") or FLAGS.data_dir, "data_dir",
+         f"a path with --dataset={FLAGS.dataset} (nothing is downloaded)")
+    if FLAGS.data_dir:
+        need(os.path.exists(FLAGS.data_dir), "data_dir", "an existing path")
+    for name in ("epochs", "batch_size", "eval_batch_size", "synthetic_classes",
+                 "synthetic_train_per_class", "synthetic_test_per_class", "synthetic_subclasses",
+                 "icc_projection_dim"):
+        need(getattr(FLAGS, name) >= 1, name, ">= 1")
+    for name in ("max_train_examples", "max_test_examples", "icc_cache_size", "diagnostic_examples"):
+        need(getattr(FLAGS, name) >= 0, name, ">= 0 (0 means all / off)")
+    need(FLAGS.lr > 0, "lr", "> 0")
+    need(0 < FLAGS.lr_decay_rate <= 1, "lr_decay_rate", "in (0, 1]")
+    need(0 <= FLAGS.momentum < 1, "momentum", "in [0, 1)")
+    need(FLAGS.weight_decay >= 0, "weight_decay", ">= 0")
+    try:
+        decay = [int(e) for e in FLAGS.lr_decay_epochs]
+    except ValueError:
+        decay = None
+    need(decay is not None and all(e >= 1 for e in decay) and decay == sorted(set(decay)),
+         "lr_decay_epochs", "increasing integers >= 1")
+    need(FLAGS.icc_lambda >= 0, "icc_lambda", ">= 0")
+    need(-1 <= FLAGS.icc_delta <= 1 or FLAGS.icc_margin_mode != "gate", "icc_delta",
+         "in [-1, 1] with --icc_margin_mode=gate (a probability margin)")
+    need(FLAGS.icc_tau > 0, "icc_tau", "> 0")
+    try:
+        os.makedirs(FLAGS.output_dir, exist_ok=True)
+        probe = os.path.join(FLAGS.output_dir, ".write_probe")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} is not writable: {e}")
+
+
+def load_splits():
+    from keras_icckd import data
+
+    if FLAGS.dataset == "synthetic":
+        splits = data.make_synthetic(
+            num_classes=FLAGS.synthetic_classes, train_per_class=FLAGS.synthetic_train_per_class,
+            test_per_class=FLAGS.synthetic_test_per_class, subclasses=FLAGS.synthetic_subclasses,
+            seed=FLAGS.seed)
+    else:
+        kwargs = {"tfds_name": FLAGS.tfds_name} if FLAGS.dataset == "tfds" else {}
+        if FLAGS.dataset in ("cifar10", "cifar100"):
+            kwargs["verify_checksum"] = FLAGS.verify_checksum
+        splits = data.load(FLAGS.dataset, FLAGS.data_dir, **kwargs)
+    if FLAGS.max_train_examples or FLAGS.max_test_examples:
+        splits = splits.subset(FLAGS.max_train_examples or None, FLAGS.max_test_examples or None,
+                               seed=FLAGS.seed)
+    return splits
+
+
+def flag_values():
+    return {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+
+
+def history_rows(history, epoch_seconds):
+    """Keras History -> one dict per epoch with top-1 in percent."""
+    rows = []
+    for i in range(len(history.get("loss", []))):
+        row = {"epoch": i + 1}
+        for key, values in history.items():
+            value = float(values[i])
+            if key == "accuracy":
+                row["train_top1"] = 100.0 * value
+            elif key == "val_accuracy":
+                row["test_top1"] = 100.0 * value
+            elif key.startswith("val_"):
+                row["test_" + key[4:]] = value
+            else:
+                row[key] = value
+        if i < len(epoch_seconds):
+            row["seconds"] = epoch_seconds[i]
+        rows.append(row)
+    return rows
+
+
+def run_teacher():
+    import keras
+    import numpy as np
+
+    from keras_icckd import backbones
+    from keras_icckd import data
+    from keras_icckd import training
+    from keras_icckd.models import ContrastiveTeacher
+
+    start = time.time()
+    keras.utils.set_random_seed(FLAGS.seed)
+    splits = load_splits()
+    mean, std = data.normalization_for(splits)
+    views = 2 if FLAGS.icc_lambda > 0 else 1
+    num_train = len(splits.train_labels)
+    if FLAGS.batch_size > num_train:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is larger than the {num_train} training images")
+    steps = data.steps_per_epoch(num_train, FLAGS.batch_size)
+    train_ds = data.make_train_dataset(
+        splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
+        std=std, views=views, epochs=FLAGS.epochs)
+    test_ds = data.make_eval_dataset(splits.test_images, splits.test_labels,
+                                     FLAGS.eval_batch_size, mean=mean, std=std)
+    logging.info("data: %s, %d train / %d test images, %d classes, %d view(s)", splits.name,
+                 num_train, len(splits.test_labels), splits.num_classes, views)
+
+    backbone = backbones.get(FLAGS.arch, num_classes=splits.num_classes,
+                             input_shape=splits.train_images.shape[1:])
+    teacher = ContrastiveTeacher(
+        backbone, icc_lambda=FLAGS.icc_lambda, icc_delta=FLAGS.icc_delta, icc_tau=FLAGS.icc_tau,
+        icc_cache_size=FLAGS.icc_cache_size, icc_margin_mode=FLAGS.icc_margin_mode,
+        projection_dim=FLAGS.icc_projection_dim)
+    schedule = training.epoch_step_decay(
+        FLAGS.lr, steps, [int(e) for e in FLAGS.lr_decay_epochs if int(e) < FLAGS.epochs],
+        FLAGS.lr_decay_rate)
+    jit = {"auto": keras.backend.backend() == "jax", "true": True, "false": False}[FLAGS.jit_compile]
+    teacher.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=FLAGS.momentum,
+                                       weight_decay=FLAGS.weight_decay or None),
+        jit_compile=jit)
+
+    callbacks = []
+    if FLAGS.diagnostic_examples:
+        n = min(FLAGS.diagnostic_examples, len(splits.test_labels))
+        sample = splits.subset(max_test=n, seed=FLAGS.seed)
+        images = ((sample.test_images.astype("float32") / 255.0 - np.asarray(mean, "float32"))
+                  / np.asarray(std, "float32"))
+        callbacks.append(training.ClassDistanceDiagnostics(backbone, images, sample.test_labels,
+                                                           FLAGS.eval_batch_size))
+    timer = training.EpochTimer()
+    callbacks.append(timer)
+    if FLAGS.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "tensorboard"),
+                                                     write_graph=False))
+    history = teacher.fit(train_ds, epochs=FLAGS.epochs, steps_per_epoch=steps,
+                          validation_data=test_ds, callbacks=callbacks,
+                          verbose=1 if sys.stdout.isatty() else 2)
+    rows = history_rows(history.history, timer.seconds)
+
+    model_path = os.path.join(FLAGS.output_dir, "model.keras")
+    metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")
+    curves_path = os.path.join(FLAGS.output_dir, "curves.png")
+    training.atomic_save_model(teacher, model_path)
+    tops = [r["test_top1"] for r in rows if "test_top1" in r]
+    results = {
+        "mode": "teacher", "arch": FLAGS.arch, "dataset": splits.name,
+        "num_classes": splits.num_classes, "num_train": num_train,
+        "num_test": len(splits.test_labels), "views": views,
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "test_top1": tops[-1], "best_test_top1": max(tops), "best_epoch": 1 + tops.index(max(tops)),
+        "history": rows, "flags": flag_values(), "backend": keras.backend.backend(),
+        "keras_version": keras.__version__, "wall_seconds": time.time() - start,
+    }
+    if rows and "intra_inter_ratio" in rows[-1]:
+        results["intra_inter_ratio"] = rows[-1]["intra_inter_ratio"]
+    training.atomic_write_json(results, metrics_path)
+    training.plot_curves(rows, curves_path, title=f"{FLAGS.arch} teacher, lambda={FLAGS.icc_lambda}")
+    print(f"test top-1: {results['test_top1']:.2f}% (best {results['best_test_top1']:.2f}%), "
+          f"{results['wall_seconds']:.0f} s on {results['backend']}")
+    print(f"model:   {os.path.abspath(model_path)}")
+    print(f"results: {os.path.abspath(metrics_path)}")
+    print(f"curves:  {os.path.abspath(curves_path)}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    validate_flags()
+    run_teacher()
+
+
+if __name__ == "__main__":
+    app.run(main)

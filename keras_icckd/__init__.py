@@ -1,0 +1,17 @@
+"""keras_icckd: knowledge distillation for Keras 3 on the TensorFlow and JAX backends.
+
+The core method is ICCKD (Yuan et al., "Enriching Knowledge Distillation with Intra-Class
+Contrastive Learning", arXiv 2509.22053): a teacher trained with cross-entropy plus an
+intra-class contrastive loss, stabilised by a margin, whose soft labels are then distilled
+into students.
+
+Submodules: `backbones` (CIFAR ResNet/WRN/VGG/MobileNetV2/ShuffleNetV2 by name), `data`
+(sources and tf.data pipelines), `losses` (pure keras.ops functions), `models`
+(`ContrastiveTeacher`), `training` (callbacks and run outputs).
+"""
+
+__version__ = "0.1.0"
+
+from keras_icckd import backbones  # noqa: E402,F401  (registers serializable classes)
+from keras_icckd import losses  # noqa: E402,F401
+from keras_icckd import models  # noqa: E402,F401

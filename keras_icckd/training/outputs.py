@@ -1,0 +1,90 @@
+"""Run outputs written so that a crash never leaves a truncated file behind."""
+
+import json
+import math
+import os
+import tempfile
+
+
+def _temp_beside(path, suffix):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=directory)
+    os.close(fd)
+    return tmp
+
+
+def _replace_or_remove(tmp, path, write):
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_json(obj, path):
+    """Writes JSON to a temp file beside `path`, then renames it over `path`.
+
+    Non-finite floats are written as null (JSON has no NaN).
+    """
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(clean(obj), f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    _replace_or_remove(_temp_beside(path, ".tmp"), path, write)
+
+
+def atomic_save_model(model, path):
+    """`model.save(path)` through a temp file in the same folder and a rename."""
+    if not path.endswith(".keras"):
+        raise ValueError(f"model path {path!r} must end in .keras")
+    _replace_or_remove(_temp_beside(path, ".keras"), path, model.save)
+
+
+def plot_curves(history, path, title=""):
+    """Plots per-epoch losses, accuracies and the intra/inter-class ratio into a PNG.
+
+    Args:
+        history: list of per-epoch dicts (as stored in metrics.json).
+        path: the PNG to write (atomically).
+        title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    panels = [
+        ("loss", [k for k in ("loss", "ce", "intra", "val_loss") if any(k in h for h in history)]),
+        ("top-1 (%)", [k for k in ("train_top1", "test_top1") if any(k in h for h in history)]),
+        ("feature distances", [k for k in ("intra_inter_ratio",) if any(k in h for h in history)]),
+    ]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (ylabel, keys) in zip(axes[0], panels):
+        for key in keys:
+            ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _replace_or_remove(_temp_beside(path, ".png"), path, lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
