@@ -12,7 +12,8 @@ def epoch_step_decay(base_lr, steps_per_epoch, decay_epochs=(), decay_rate=0.1):
     Args:
         base_lr: initial learning rate (> 0).
         steps_per_epoch: optimizer steps per epoch (>= 1).
-        decay_epochs: increasing epochs at whose start the rate is multiplied by decay_rate.
+        decay_epochs: increasing epochs after which the rate is multiplied by decay_rate
+            (PyTorch MultiStepLR milestones: [150] decays from the 151st epoch on).
         decay_rate: the factor (0 < rate <= 1).
     """
     if base_lr <= 0:
@@ -24,6 +25,8 @@ def epoch_step_decay(base_lr, steps_per_epoch, decay_epochs=(), decay_rate=0.1):
         raise ValueError(f"decay_epochs={decay_epochs}: expected increasing epochs >= 1")
     if not decay_epochs:
         return float(base_lr)
-    boundaries = [e * steps_per_epoch for e in decay_epochs]
+    # PiecewiseConstantDecay switches after the boundary step: step e * steps_per_epoch
+    # (the first step of 0-based epoch e) is the first with the decayed rate.
+    boundaries = [e * steps_per_epoch - 1 for e in decay_epochs]
     values = [float(base_lr) * decay_rate**i for i in range(len(boundaries) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)

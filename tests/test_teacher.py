@@ -1,0 +1,125 @@
+"""ContrastiveTeacher: fit on both backends, metrics, cache state, saving, and the ICC effect."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import to_numpy
+from keras_icckd import backbones, data, training
+from keras_icckd.models import ContrastiveTeacher
+
+CLASSES, PER_CLASS, BATCH = 4, 16, 16
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return data.make_synthetic(num_classes=CLASSES, train_per_class=PER_CLASS, test_per_class=4,
+                               image_shape=(16, 16, 3), subclasses=2, seed=0)
+
+
+def make_teacher(splits, **kwargs):
+    keras.utils.set_random_seed(0)
+    backbone = backbones.get("resnet8", num_classes=CLASSES, input_shape=(16, 16, 3))
+    kwargs.setdefault("icc_cache_size", 40)
+    teacher = ContrastiveTeacher(backbone, **kwargs)
+    teacher.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    return teacher
+
+
+def two_view_data(splits, epochs, views=2, seed=0):
+    mean, std = data.normalization_for(splits)
+    return data.make_train_dataset(splits.train_images, splits.train_labels, BATCH, seed=seed,
+                                   mean=mean, std=std, views=views, epochs=epochs)
+
+
+def test_fit_lowers_loss_reports_metrics_and_advances_cache(splits):
+    teacher = make_teacher(splits, icc_lambda=0.5, icc_delta=-1.0)
+    steps = data.steps_per_epoch(len(splits.train_labels), BATCH)
+    history = teacher.fit(two_view_data(splits, 4), epochs=4, steps_per_epoch=steps, verbose=0).history
+    for key in ("loss", "ce", "intra", "margin_pass", "negatives", "accuracy"):
+        assert key in history and np.isfinite(history[key]).all(), key
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["margin_pass"][0] == 1.0  # delta = -1: every anchor takes part
+    assert history["negatives"][0] > 0
+    # 16 steps of 16 projections went through a 40-slot ring: pointer at 256 mod 40 = 16.
+    assert int(to_numpy(teacher.cache.pointer)) == (4 * steps * BATCH) % 40
+    assert (to_numpy(teacher.cache.labels) >= 0).all()
+    assert set(to_numpy(teacher.cache.labels).tolist()) <= set(range(CLASSES))
+
+
+def test_lambda_zero_is_plain_cross_entropy(splits):
+    teacher = make_teacher(splits, icc_lambda=0.0)
+    history = teacher.fit(two_view_data(splits, 1), epochs=1, steps_per_epoch=2, verbose=0).history
+    np.testing.assert_allclose(history["loss"], history["ce"], rtol=1e-5)
+    assert history["intra"][0] > 0  # still measured for monitoring, with weight 0
+
+
+def test_single_view_batches_train_with_ce_only(splits):
+    teacher = make_teacher(splits)
+    history = teacher.fit(two_view_data(splits, 1, views=1), epochs=1, steps_per_epoch=2,
+                          verbose=0).history
+    assert "intra" not in history and np.isfinite(history["loss"]).all()
+    assert int(to_numpy(teacher.cache.pointer)) == 0
+
+
+@pytest.mark.parametrize("save_cache", [False, True])
+def test_save_and_load_round_trip(splits, tmp_path, save_cache):
+    teacher = make_teacher(splits, save_cache=save_cache)
+    teacher.fit(two_view_data(splits, 1), epochs=1, steps_per_epoch=2, verbose=0)
+    path = os.path.join(tmp_path, "teacher.keras")
+    training.atomic_save_model(teacher, path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, ContrastiveTeacher)
+    assert loaded.get_config()["icc_cache_size"] == 40
+    images = splits.test_images.astype("float32") / 255.0
+    np.testing.assert_allclose(to_numpy(loaded(images)), to_numpy(teacher(images)), atol=1e-5)
+    labels = to_numpy(loaded.cache.labels)
+    if save_cache:
+        np.testing.assert_array_equal(labels, to_numpy(teacher.cache.labels))
+    else:
+        assert (labels == -1).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"icc_lambda": -0.1}, "icc_lambda"), ({"icc_tau": 0.0}, "icc_tau"),
+    ({"icc_margin_mode": "soft"}, "icc_margin_mode"), ({"icc_cache_size": -1}, "icc_cache_size"),
+    ({"icc_delta": float("nan")}, "icc_delta"),
+])
+def test_bad_arguments(splits, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_teacher(splits, **kwargs)
+
+
+def test_not_a_backbone_is_refused():
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="backbone"):
+        ContrastiveTeacher(plain)
+
+
+def test_doctest_example():
+    import doctest
+
+    from keras_icckd.models import teacher as module
+
+    assert doctest.testmod(module, extraglobs={"keras": keras}).failed == 0
+
+
+def test_icc_raises_intra_inter_ratio():
+    """The paper's claim: the intra-class loss spreads each class, raising intra/inter distance."""
+    task = data.make_synthetic(num_classes=4, train_per_class=32, test_per_class=16,
+                               image_shape=(16, 16, 3), subclasses=4, seed=1)
+    mean, std = data.normalization_for(task)
+    probe = (task.test_images.astype("float32") / 255.0 - np.asarray(mean)) / np.asarray(std)
+    ratios = {}
+    for lam in (0.0, 1.0):
+        teacher = make_teacher(task, icc_lambda=lam, icc_delta=-1.0, icc_cache_size=64)
+        steps = data.steps_per_epoch(len(task.train_labels), BATCH)
+        diagnostics = training.ClassDistanceDiagnostics(teacher.backbone, probe, task.test_labels)
+        history = teacher.fit(
+            data.make_train_dataset(task.train_images, task.train_labels, BATCH, seed=0,
+                                    mean=mean, std=std, views=2, epochs=5),
+            epochs=5, steps_per_epoch=steps, callbacks=[diagnostics], verbose=0).history
+        ratios[lam] = history["intra_inter_ratio"][-1]
+    assert ratios[1.0] > ratios[0.0] + 0.05, ratios
