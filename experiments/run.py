@@ -29,7 +29,8 @@ flags.DEFINE_enum("dataset", "folder", DATASETS,
                   "Data source. 'folder' with no --data_dir is the bundled CIFAR-10 subset.")
 flags.DEFINE_string("data_dir", None,
                     "cifar10/cifar100: the python tarball or its folder; folder: a split/class/image "
-                    "folder or archive (default: the bundled CIFAR-10 subset); tfds: the TFDS data_dir.")
+                    "folder or archive (default: the bundled CIFAR-10 subset); tfds: the TFDS data_dir "
+                    "(default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 flags.DEFINE_string("tfds_name", None, "TFDS dataset name, with --dataset=tfds.")
 flags.DEFINE_bool("verify_checksum", True, "Check the md5 of the canonical CIFAR tarballs.")
 flags.DEFINE_integer("synthetic_classes", 10, "Classes of --dataset=synthetic.")
@@ -77,7 +78,7 @@ def validate_flags():
                              "--mode=teacher is implemented so far")
     need(FLAGS.arch in backbones.names(), "arch", f"one of {', '.join(backbones.names())}")
     need(FLAGS.dataset != "tfds" or FLAGS.tfds_name, "tfds_name", "a TFDS name with --dataset=tfds")
-    need(FLAGS.dataset not in ("cifar10", "cifar100", "tfds") or FLAGS.data_dir, "data_dir",
+    need(FLAGS.dataset not in ("cifar10", "cifar100") or FLAGS.data_dir, "data_dir",
          f"a path with --dataset={FLAGS.dataset} (nothing is downloaded)")
     if FLAGS.data_dir:
         need(os.path.exists(FLAGS.data_dir), "data_dir", "an existing path")
@@ -210,7 +211,7 @@ def run_teacher():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "tensorboard"),
                                                      write_graph=False))
     history = teacher.fit(train_ds, epochs=FLAGS.epochs, steps_per_epoch=steps,
-                          validation_data=test_ds, callbacks=callbacks,
+                          validation_data=test_ds, callbacks=callbacks, shuffle=False,
                           verbose=1 if sys.stdout.isatty() else 2)
     rows = history_rows(history.history, timer.seconds)
 

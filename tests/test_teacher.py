@@ -50,7 +50,7 @@ def test_fit_lowers_loss_reports_metrics_and_advances_cache(splits):
 
 
 def test_lambda_zero_is_plain_cross_entropy(splits):
-    teacher = make_teacher(splits, icc_lambda=0.0)
+    teacher = make_teacher(splits, icc_lambda=0.0, icc_delta=-1.0)
     history = teacher.fit(two_view_data(splits, 1), epochs=1, steps_per_epoch=2, verbose=0).history
     np.testing.assert_allclose(history["loss"], history["ce"], rtol=1e-5)
     assert history["intra"][0] > 0  # still measured for monitoring, with weight 0
@@ -113,13 +113,15 @@ def test_icc_raises_intra_inter_ratio():
     mean, std = data.normalization_for(task)
     probe = (task.test_images.astype("float32") / 255.0 - np.asarray(mean)) / np.asarray(std)
     ratios = {}
-    for lam in (0.0, 1.0):
-        teacher = make_teacher(task, icc_lambda=lam, icc_delta=-1.0, icc_cache_size=64)
+    # In-batch negatives only: on 64 steps of a tiny task the network moves too fast for a
+    # cache of stale projections to help.
+    for lam in (0.0, 2.0):
+        teacher = make_teacher(task, icc_lambda=lam, icc_delta=-1.0, icc_tau=0.2, icc_cache_size=0)
         steps = data.steps_per_epoch(len(task.train_labels), BATCH)
         diagnostics = training.ClassDistanceDiagnostics(teacher.backbone, probe, task.test_labels)
         history = teacher.fit(
             data.make_train_dataset(task.train_images, task.train_labels, BATCH, seed=0,
-                                    mean=mean, std=std, views=2, epochs=5),
-            epochs=5, steps_per_epoch=steps, callbacks=[diagnostics], verbose=0).history
+                                    mean=mean, std=std, views=2, epochs=8),
+            epochs=8, steps_per_epoch=steps, callbacks=[diagnostics], verbose=0).history
         ratios[lam] = history["intra_inter_ratio"][-1]
-    assert ratios[1.0] > ratios[0.0] + 0.05, ratios
+    assert ratios[2.0] > ratios[0.0] + 0.1, ratios
