@@ -141,7 +141,8 @@ class ContrastiveTeacher(keras.Model):
             self.intra_tracker.update_state(intra)
             self.pass_tracker.update_state(ops.mean(gate))
             self.negatives_tracker.update_state(ops.mean(negatives))
-        self.ce_tracker.update_state(ce)
+        # Weighted by batch size, like Keras' own loss tracker, so val_ce == val_loss for CE.
+        self.ce_tracker.update_state(ce, sample_weight=ops.shape(labels)[0])
         self.accuracy_tracker.update_state(labels, logits)
         if self.losses:
             total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses]))

@@ -70,10 +70,12 @@ def plot_curves(history, path, title=""):
 
     epochs = [h["epoch"] for h in history]
     panels = [
-        ("loss", [k for k in ("loss", "ce", "intra", "val_loss") if any(k in h for h in history)]),
-        ("top-1 (%)", [k for k in ("train_top1", "test_top1") if any(k in h for h in history)]),
-        ("feature distances", [k for k in ("intra_inter_ratio",) if any(k in h for h in history)]),
+        ("loss", ("loss", "ce", "intra", "test_loss")),
+        ("top-1 (%)", ("train_top1", "test_top1")),
+        ("intra / inter-class distance", ("intra_inter_ratio",)),
+        ("fraction of anchors past the margin", ("margin_pass",)),
     ]
+    panels = [(label, [k for k in keys if any(k in h for h in history)]) for label, keys in panels]
     panels = [p for p in panels if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, (ylabel, keys) in zip(axes[0], panels):

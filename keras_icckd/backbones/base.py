@@ -1,0 +1,222 @@
+"""Shared pieces of the CIFAR backbones: the `Backbone` base class and layer helpers.
+
+Every backbone is a functional `keras.Model` whose single forward pass returns a dict:
+
+- "logits": (B, num_classes);
+- "embedding": the pooled penultimate feature, input of the classifier, (B, d);
+- "feat0" .. "featK": each stage's feature map after its last activation ("feat0" = the stem);
+- "preact0" .. "preactK": the same maps before that activation (equal to the feat where the
+  stage ends without one).
+
+Numerics follow PyTorch: BatchNorm epsilon 1e-5 and momentum 0.1 (Keras momentum 0.9), 3x3
+convolutions padded by 1 on every side (stride-2 ones by an explicit `ZeroPadding2D(1)` and a
+'valid' convolution, so results equal PyTorch's symmetric padding), weights drawn as in the
+reference PyTorch definitions (see `conv_initializer`, `dense_initializer`).
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+
+
+def conv_initializer(kernel_size, fan, mode):
+    """PyTorch-equivalent kernel initialiser for a convolution.
+
+    Args:
+        kernel_size: side of the square kernel.
+        fan: `out_channels` for mode "fan_out", input channels per group for mode "torch".
+        mode: "fan_out" = normal(0, sqrt(2 / (k * k * out_channels))), the He initialisation
+            used by the RepDistiller ResNet/WRN/VGG/MobileNetV2 definitions; "torch" = PyTorch's
+            default `Conv2d` initialisation, uniform(+-1 / sqrt(k * k * in_channels_per_group)).
+    """
+    if mode == "fan_out":
+        return keras.initializers.RandomNormal(0.0, math.sqrt(2.0 / (kernel_size ** 2 * fan)))
+    if mode == "torch":
+        bound = 1.0 / math.sqrt(kernel_size ** 2 * fan)
+        return keras.initializers.RandomUniform(-bound, bound)
+    raise ValueError(f"mode must be 'fan_out' or 'torch'; got {mode!r}")
+
+
+def dense_initializer(fan_in, mode):
+    """(kernel, bias) initialisers of a classifier, as in the PyTorch reference.
+
+    mode "torch": PyTorch's `nn.Linear` default, uniform(+-1/sqrt(fan_in)) for both;
+    "torch_zero_bias": the same kernel, zero bias; "normal": normal(0, 0.01) kernel, zero bias.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+    uniform = keras.initializers.RandomUniform(-bound, bound)
+    if mode == "torch":
+        return uniform, keras.initializers.RandomUniform(-bound, bound)
+    if mode == "torch_zero_bias":
+        return uniform, "zeros"
+    if mode == "normal":
+        return keras.initializers.RandomNormal(0.0, 0.01), "zeros"
+    raise ValueError(f"mode must be 'torch', 'torch_zero_bias' or 'normal'; got {mode!r}")
+
+
+def batch_norm(x, name):
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+
+
+def relu(x, name):
+    return layers.ReLU(name=name)(x)
+
+
+def conv(x, filters, kernel_size, stride=1, *, name, depthwise=False, use_bias=False,
+         init="fan_out"):
+    """A square convolution with PyTorch's padding of (kernel_size - 1) / 2 on every side.
+
+    `depthwise=True` is PyTorch's `groups=in_channels` with one filter per channel (`filters`
+    must then equal the input channels).
+    """
+    pad = (kernel_size - 1) // 2
+    if pad and stride > 1:
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same" if pad else "valid"
+    in_channels = x.shape[-1]
+    if depthwise:
+        if filters != in_channels:
+            raise ValueError(f"a depthwise conv keeps its channels; got {in_channels} -> {filters}")
+        fan = filters if init == "fan_out" else 1
+        return layers.DepthwiseConv2D(
+            kernel_size, strides=stride, padding=padding, use_bias=use_bias,
+            depthwise_initializer=conv_initializer(kernel_size, fan, init), name=name)(x)
+    fan = filters if init == "fan_out" else in_channels
+    bias_init = "zeros"
+    if use_bias and init == "torch":
+        bias_init = conv_initializer(kernel_size, fan, init)
+    return layers.Conv2D(
+        filters, kernel_size, strides=stride, padding=padding, use_bias=use_bias,
+        kernel_initializer=conv_initializer(kernel_size, fan, init),
+        bias_initializer=bias_init, name=name)(x)
+
+
+def conv_bn(x, filters, kernel_size, stride=1, *, name, activation=True, **conv_kwargs):
+    """conv -> BatchNorm (-> ReLU); layers named `{name}_conv`, `{name}_bn`, `{name}_relu`."""
+    x = conv(x, filters, kernel_size, stride, name=f"{name}_conv", **conv_kwargs)
+    x = batch_norm(x, f"{name}_bn")
+    return relu(x, f"{name}_relu") if activation else x
+
+
+def classifier_head(x, num_classes, init):
+    """Global average pooling + Dense classifier; returns (embedding, logits)."""
+    embedding = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    kernel_init, bias_init = dense_initializer(embedding.shape[-1], init)
+    logits = layers.Dense(num_classes, kernel_initializer=kernel_init,
+                          bias_initializer=bias_init, name="classifier")(embedding)
+    return embedding, logits
+
+
+@keras.saving.register_keras_serializable(package="keras_icckd")
+class ChannelSplit(layers.Layer):
+    """Splits the channel axis at `index` into two tensors (ShuffleNetV2's SplitBlock)."""
+
+    def __init__(self, index, **kwargs):
+        super().__init__(**kwargs)
+        self.index = int(index)
+
+    def call(self, x):
+        return x[..., :self.index], x[..., self.index:]
+
+    def compute_output_shape(self, input_shape):
+        head = tuple(input_shape[:-1])
+        return head + (self.index,), head + (input_shape[-1] - self.index,)
+
+    def get_config(self):
+        return {**super().get_config(), "index": self.index}
+
+
+@keras.saving.register_keras_serializable(package="keras_icckd")
+class ChannelShuffle(layers.Layer):
+    """ShuffleNet channel shuffle for channels-last tensors.
+
+    Output channel n takes input channel (n % g) * (C / g) + n // g, exactly PyTorch's
+    `x.view(N, g, C // g, H, W).permute(0, 2, 1, 3, 4)` on channels-first tensors.
+    """
+
+    def __init__(self, groups=2, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels % self.groups:
+            raise ValueError(f"channels ({channels}) must be divisible by groups ({self.groups})")
+        n = np.arange(channels)
+        self._permutation = (n % self.groups) * (channels // self.groups) + n // self.groups
+
+    def call(self, x):
+        return ops.take(x, self._permutation, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
+
+
+def _check_args(num_classes, input_shape):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1; got {num_classes!r}")
+    ok = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3 and all(
+        (d is None and i < 2) or (isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                  and d >= 1)
+        for i, d in enumerate(input_shape))
+    if not ok:
+        raise ValueError(
+            "input_shape must be (height, width, channels) with positive integers "
+            f"(height/width may be None); got {input_shape!r}")
+    return int(num_classes), tuple(None if d is None else int(d) for d in input_shape)
+
+
+class Backbone(keras.Model):
+    """Base of the backbones: checks the shared arguments and assembles the output dict.
+
+    Subclasses build their graph and call `_build_backbone(...)` instead of
+    `keras.Model.__init__`. Attributes set here: `feature_names` ("feat0".."featK"),
+    `preact_names`, `stage_channels` (channels of each feat), `num_stages` (K + 1),
+    `embedding_dim`, `num_classes`; `classifier` is the final Dense layer.
+    """
+
+    @staticmethod
+    def _inputs(num_classes, input_shape):
+        num_classes, input_shape = _check_args(num_classes, input_shape)
+        return num_classes, input_shape, keras.Input(shape=input_shape, name="images")
+
+    def _build_backbone(self, inputs, feats, preacts, embedding, logits, config, name, **kwargs):
+        if len(feats) != len(preacts):
+            raise ValueError("feats and preacts must have the same length")
+        outputs = {"logits": logits, "embedding": embedding}
+        for i, (feat, preact) in enumerate(zip(feats, preacts)):
+            outputs[f"feat{i}"] = feat
+            # One tensor cannot be two outputs: stages without a final activation get a copy.
+            outputs[f"preact{i}"] = layers.Identity(name=f"preact{i}")(preact) \
+                if preact is feat else preact
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self._backbone_config = dict(config, name=name)
+        self.num_classes = int(logits.shape[-1])
+        self.embedding_dim = int(embedding.shape[-1])
+        self.num_stages = len(feats)
+        self.stage_channels = tuple(int(f.shape[-1]) for f in feats)
+        self.feature_names = tuple(f"feat{i}" for i in range(len(feats)))
+        self.preact_names = tuple(f"preact{i}" for i in range(len(feats)))
+
+    @property
+    def classifier(self):
+        """The final Dense layer (kernel: (embedding_dim, num_classes))."""
+        return self.get_layer("classifier")
+
+    def get_config(self):
+        return dict(self._backbone_config)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)

@@ -1,0 +1,65 @@
+"""experiments/run.py end to end (subprocess, synthetic data) and its flag validation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_icckd  # noqa: F401  (registers the serialisable classes)
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+RUN = os.path.join(ROOT, "experiments", "run.py")
+SMALL = ["--dataset=synthetic", "--synthetic_classes=3", "--synthetic_train_per_class=16",
+         "--synthetic_test_per_class=4", "--arch=resnet8", "--batch_size=8", "--epochs=2",
+         "--lr_decay_epochs=1", "--icc_cache_size=16", "--icc_delta=-1", "--diagnostic_examples=12"]
+
+
+def run(args, **kwargs):
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600, **kwargs)
+
+
+def test_teacher_run_writes_model_metrics_and_curves(tmp_path):
+    out = os.path.join(tmp_path, "run")
+    result = run([*SMALL, f"--output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"model:   {out}/model.keras" in result.stdout
+    assert sorted(os.listdir(out)) == ["curves.png", "metrics.json", "model.keras", "tensorboard"]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["backend"] == keras.backend.backend()
+    assert metrics["flags"]["icc_lambda"] == 0.05 and metrics["flags"]["epochs"] == 2
+    assert len(metrics["history"]) == 2 and metrics["num_train"] == 48 and metrics["views"] == 2
+    for row in metrics["history"]:
+        for key in ("loss", "ce", "intra", "margin_pass", "train_top1", "test_top1", "intra_inter_ratio"):
+            assert key in row and np.isfinite(row[key]), key
+    assert metrics["test_top1"] == metrics["history"][-1]["test_top1"]
+    assert metrics["best_test_top1"] == max(r["test_top1"] for r in metrics["history"])
+    assert metrics["wall_seconds"] > 0
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert model.backbone.output["logits"].shape[-1] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of"),
+    (["--dataset=imagenet"], "--dataset"),
+    (["--epochs=0"], "--epochs=0 is not allowed"),
+    (["--icc_tau=0"], "--icc_tau=0.0 is not allowed"),
+    (["--icc_lambda=-1"], "--icc_lambda=-1.0 is not allowed"),
+    (["--icc_margin_mode=soft"], "--icc_margin_mode"),
+    (["--lr_decay_epochs=5,3"], "--lr_decay_epochs"),
+    (["--dataset=cifar100"], "--data_dir=None is not allowed"),
+    (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar'"),
+    (["--mode=student"], "--mode='student' is not available"),
+    (["--no_such_flag=1"], "no_such_flag"),
+])
+def test_bad_flags_fail_before_any_work(tmp_path, args, message):
+    out = os.path.join(tmp_path, "run")
+    result = run([*SMALL, f"--output_dir={out}", *args])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out, "metrics.json"))
