@@ -11,6 +11,7 @@ A run writes into --output_dir: model.keras, metrics.json, curves.png and tensor
 import os
 import sys
 import time
+import warnings
 
 from absl import app
 from absl import flags
@@ -167,6 +168,8 @@ def run_teacher():
 
     start = time.time()
     keras.utils.set_random_seed(FLAGS.seed)
+    # A CE teacher (one view) leaves the projection head without gradients, as intended.
+    warnings.filterwarnings("ignore", message=r"Gradients do not exist for variables \['projection_")
     splits = load_splits()
     mean, std = data.normalization_for(splits)
     views = 2 if FLAGS.icc_lambda > 0 else 1
