@@ -57,6 +57,12 @@ flags.DEFINE_integer("icc_cache_size", 4096, "Slots of the cache of earlier proj
 flags.DEFINE_enum("icc_margin_mode", "gate", ("gate", "hinge", "none"),
                   "Margin mechanism (reconstructed, see METHODS.md): gate | hinge | none.")
 flags.DEFINE_integer("icc_projection_dim", 128, "Output size of the teacher's projection head.")
+flags.DEFINE_string("teacher", None, "--mode=student: the teacher's .keras file (from --mode=teacher).")
+flags.DEFINE_string("student_arch", "resnet8x4", "--mode=student: the student backbone preset.")
+flags.DEFINE_string("objectives", "kd:0.9",
+                    "--mode=student: weighted distillation objectives, e.g. kd:0.9,rkd:1 "
+                    "(names: kd, dkd, rkd, fitnet, at).")
+flags.DEFINE_float("ce_weight", 0.1, "--mode=student: weight of the student's cross-entropy.")
 flags.DEFINE_integer("diagnostic_examples", 1000,
                      "Held-out test images used for the per-epoch intra/inter-class distances (0: off).")
 flags.DEFINE_enum("jit_compile", "auto", ("auto", "true", "false"),
@@ -74,10 +80,22 @@ def validate_flags():
         if not ok:
             raise app.UsageError(f"--{flag}={getattr(FLAGS, flag)!r} is not allowed: expected {allowed}")
 
-    if FLAGS.mode != "teacher":
-        raise app.UsageError(f"--mode={FLAGS.mode!r} is not available in this version; only "
-                             "--mode=teacher is implemented so far")
+    from keras_icckd import objectives
+
+    if FLAGS.mode == "export":
+        raise app.UsageError("--mode='export' is not available in this version; --mode=teacher and "
+                             "--mode=student are")
     need(FLAGS.arch in backbones.names(), "arch", f"one of {', '.join(backbones.names())}")
+    if FLAGS.mode == "student":
+        need(FLAGS.student_arch in backbones.names(), "student_arch",
+             f"one of {', '.join(backbones.names())}")
+        need(FLAGS.teacher and os.path.isfile(FLAGS.teacher) and FLAGS.teacher.endswith(".keras"),
+             "teacher", "an existing .keras file written by --mode=teacher")
+        try:
+            objectives.parse(FLAGS.objectives)
+        except ValueError as e:
+            raise app.UsageError(f"--objectives={FLAGS.objectives!r} is not allowed: {e}")
+        need(FLAGS.ce_weight >= 0, "ce_weight", ">= 0")
     need(FLAGS.dataset != "tfds" or FLAGS.tfds_name, "tfds_name", "a TFDS name with --dataset=tfds")
     need(FLAGS.dataset not in ("cifar10", "cifar100") or FLAGS.data_dir, "data_dir",
          f"a path with --dataset={FLAGS.dataset} (nothing is downloaded)")
@@ -157,48 +175,89 @@ def history_rows(history, epoch_seconds):
     return rows
 
 
-def run_teacher():
-    import keras
-    import numpy as np
-
+def build_teacher(splits, steps):
+    """--mode=teacher: a ContrastiveTeacher (lambda 0: the CE teacher). Returns the run's pieces."""
     from keras_icckd import backbones
-    from keras_icckd import data
-    from keras_icckd import training
     from keras_icckd.models import ContrastiveTeacher
 
-    start = time.time()
-    keras.utils.set_random_seed(FLAGS.seed)
     # A CE teacher (one view) leaves the projection head without gradients, as intended.
     warnings.filterwarnings("ignore", message=r"Gradients do not exist for variables \['projection_")
-    splits = load_splits()
-    mean, std = data.normalization_for(splits)
-    views = 2 if FLAGS.icc_lambda > 0 else 1
-    num_train = len(splits.train_labels)
-    if FLAGS.batch_size > num_train:
-        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is larger than the {num_train} training images")
-    steps = data.steps_per_epoch(num_train, FLAGS.batch_size)
-    train_ds = data.make_train_dataset(
-        splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
-        std=std, views=views, epochs=FLAGS.epochs)
-    test_ds = data.make_eval_dataset(splits.test_images, splits.test_labels,
-                                     FLAGS.eval_batch_size, mean=mean, std=std)
-    logging.info("data: %s, %d train / %d test images, %d classes, %d view(s)", splits.name,
-                 num_train, len(splits.test_labels), splits.num_classes, views)
-
     backbone = backbones.get(FLAGS.arch, num_classes=splits.num_classes,
                              input_shape=splits.train_images.shape[1:])
     teacher = ContrastiveTeacher(
         backbone, icc_lambda=FLAGS.icc_lambda, icc_delta=FLAGS.icc_delta, icc_tau=FLAGS.icc_tau,
         icc_cache_size=FLAGS.icc_cache_size, icc_margin_mode=FLAGS.icc_margin_mode,
         projection_dim=FLAGS.icc_projection_dim)
+    return dict(model=teacher, saved=teacher, backbone=backbone, views=2 if FLAGS.icc_lambda > 0 else 1,
+                with_index=False, title=f"{FLAGS.arch} teacher, lambda={FLAGS.icc_lambda}",
+                results={"arch": FLAGS.arch})
+
+
+def build_student(splits, steps):
+    """--mode=student: a Distiller from the --teacher file into a --student_arch student."""
+    import numpy as np
+
+    from keras_icckd import backbones
+    from keras_icckd.models import Distiller, load_teacher
+
+    try:
+        teacher = load_teacher(FLAGS.teacher)
+    except ValueError as e:
+        raise app.UsageError(f"--teacher={FLAGS.teacher!r}: {e}")
+    classes, shape = teacher.output["logits"].shape[-1], tuple(teacher.input.shape[1:])
+    if classes != splits.num_classes or shape != tuple(splits.train_images.shape[1:]):
+        raise app.UsageError(
+            f"--teacher={FLAGS.teacher!r} was trained for {classes} classes on {shape} images, but "
+            f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of "
+            f"{tuple(splits.train_images.shape[1:])} images")
+    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes,
+                            input_shape=splits.train_images.shape[1:])
+    try:
+        distiller = Distiller(student, teacher, FLAGS.objectives, ce_weight=FLAGS.ce_weight)
+    except ValueError as e:
+        raise app.UsageError(f"--objectives={FLAGS.objectives!r} with teacher {teacher.name} and student "
+                             f"{FLAGS.student_arch}: {e}")
+    return dict(model=distiller, saved=student, backbone=student, views=1,
+                with_index="index" in distiller.requires,
+                title=f"{FLAGS.student_arch} <- {teacher.name}, {FLAGS.objectives}",
+                results={"arch": FLAGS.student_arch, "teacher": os.path.abspath(FLAGS.teacher),
+                         "teacher_arch": teacher.name, "objectives": distiller.weighted_objectives,
+                         "ce_weight": FLAGS.ce_weight},
+                teacher=teacher)
+
+
+def run(builder):
+    """Loads the data, builds the mode's model, trains it, writes model.keras, metrics.json, curves.png."""
+    import keras
+    import numpy as np
+
+    from keras_icckd import data
+    from keras_icckd import training
+
+    start = time.time()
+    keras.utils.set_random_seed(FLAGS.seed)
+    splits = load_splits()
+    mean, std = data.normalization_for(splits)
+    num_train = len(splits.train_labels)
+    if FLAGS.batch_size > num_train:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is larger than the {num_train} training images")
+    steps = data.steps_per_epoch(num_train, FLAGS.batch_size)
+    run_ = builder(splits, steps)
+    model = run_["model"]
+    train_ds = data.make_train_dataset(
+        splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
+        std=std, views=run_["views"], with_index=run_["with_index"], epochs=FLAGS.epochs)
+    test_ds = data.make_eval_dataset(splits.test_images, splits.test_labels,
+                                     FLAGS.eval_batch_size, mean=mean, std=std)
+    logging.info("data: %s, %d train / %d test images, %d classes, %d view(s)", splits.name,
+                 num_train, len(splits.test_labels), splits.num_classes, run_["views"])
     schedule = training.epoch_step_decay(
         FLAGS.lr, steps, [int(e) for e in FLAGS.lr_decay_epochs if int(e) < FLAGS.epochs],
         FLAGS.lr_decay_rate)
     jit = {"auto": keras.backend.backend() == "jax", "true": True, "false": False}[FLAGS.jit_compile]
-    teacher.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=FLAGS.momentum,
-                                       weight_decay=FLAGS.weight_decay or None),
-        jit_compile=jit)
+    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=FLAGS.momentum,
+                                                 weight_decay=FLAGS.weight_decay or None),
+                  jit_compile=jit)
 
     callbacks = []
     if FLAGS.diagnostic_examples:
@@ -206,36 +265,39 @@ def run_teacher():
         sample = splits.subset(max_test=n, seed=FLAGS.seed)
         images = ((sample.test_images.astype("float32") / 255.0 - np.asarray(mean, "float32"))
                   / np.asarray(std, "float32"))
-        callbacks.append(training.ClassDistanceDiagnostics(backbone, images, sample.test_labels,
+        callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], images, sample.test_labels,
                                                            FLAGS.eval_batch_size))
     timer = training.EpochTimer()
     callbacks.append(timer)
     if FLAGS.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "tensorboard"),
                                                      write_graph=False))
-    history = teacher.fit(train_ds, epochs=FLAGS.epochs, steps_per_epoch=steps,
-                          validation_data=test_ds, callbacks=callbacks, shuffle=False,
-                          verbose=1 if sys.stdout.isatty() else 2)
+    history = model.fit(train_ds, epochs=FLAGS.epochs, steps_per_epoch=steps,
+                        validation_data=test_ds, callbacks=callbacks, shuffle=False,
+                        verbose=1 if sys.stdout.isatty() else 2)
     rows = history_rows(history.history, timer.seconds)
 
     model_path = os.path.join(FLAGS.output_dir, "model.keras")
     metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")
     curves_path = os.path.join(FLAGS.output_dir, "curves.png")
-    training.atomic_save_model(teacher, model_path)
+    training.atomic_save_model(run_["saved"], model_path)
     tops = [r["test_top1"] for r in rows if "test_top1" in r]
     results = {
-        "mode": "teacher", "arch": FLAGS.arch, "dataset": splits.name,
+        "mode": FLAGS.mode, **run_["results"], "dataset": splits.name,
         "num_classes": splits.num_classes, "num_train": num_train,
-        "num_test": len(splits.test_labels), "views": views,
+        "num_test": len(splits.test_labels), "views": run_["views"],
         "normalization": {"mean": list(mean), "std": list(std)},
         "test_top1": tops[-1], "best_test_top1": max(tops), "best_epoch": 1 + tops.index(max(tops)),
         "history": rows, "flags": flag_values(), "backend": keras.backend.backend(),
         "keras_version": keras.__version__, "wall_seconds": time.time() - start,
     }
+    if "teacher" in run_:
+        logits = run_["teacher"].predict(test_ds, verbose=0)["logits"]
+        results["teacher_test_top1"] = 100.0 * float(np.mean(np.argmax(logits, -1) == splits.test_labels))
     if rows and "intra_inter_ratio" in rows[-1]:
         results["intra_inter_ratio"] = rows[-1]["intra_inter_ratio"]
     training.atomic_write_json(results, metrics_path)
-    training.plot_curves(rows, curves_path, title=f"{FLAGS.arch} teacher, lambda={FLAGS.icc_lambda}")
+    training.plot_curves(rows, curves_path, title=run_["title"])
     print(f"test top-1: {results['test_top1']:.2f}% (best {results['best_test_top1']:.2f}%), "
           f"{results['wall_seconds']:.0f} s on {results['backend']}")
     print(f"model:   {os.path.abspath(model_path)}")
@@ -247,7 +309,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     validate_flags()
-    run_teacher()
+    run({"teacher": build_teacher, "student": build_student}[FLAGS.mode])
 
 
 if __name__ == "__main__":

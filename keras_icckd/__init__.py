@@ -7,7 +7,7 @@ into students.
 
 Submodules: `backbones` (CIFAR ResNet/WRN/VGG/MobileNetV2/ShuffleNetV2 by name), `data`
 (sources and tf.data pipelines), `losses` (pure keras.ops functions), `models`
-(`ContrastiveTeacher`), `training` (callbacks and run outputs).
+(`ContrastiveTeacher`, `Distiller`), `objectives` (KD, DKD, RKD, FitNet, AT), `training` (callbacks and run outputs).
 """
 
 __version__ = "0.1.0"
@@ -15,3 +15,4 @@ __version__ = "0.1.0"
 from keras_icckd import backbones  # noqa: E402,F401  (registers serializable classes)
 from keras_icckd import losses  # noqa: E402,F401
 from keras_icckd import models  # noqa: E402,F401
+from keras_icckd import objectives  # noqa: E402,F401

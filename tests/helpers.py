@@ -1,7 +1,14 @@
 """Backend-neutral helpers shared by the tests: gradients and jit for TF and JAX."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def backend():
@@ -45,3 +52,32 @@ def to_numpy(tree):
 def unit_rows(rng, n, d):
     x = rng.normal(size=(n, d)).astype("float32")
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+_OTHER_BACKEND_SCRIPT = textwrap.dedent("""
+    import sys
+    import keras, numpy as np
+    import keras_icckd  # registers the serialisable classes
+    model = keras.saving.load_model(sys.argv[1])
+    outputs = model(np.load(sys.argv[2]), training=False)
+    np.savez(sys.argv[3], backend=keras.backend.backend(),
+             **{k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()})
+""")
+
+
+def outputs_under_other_backend(model_path, images, tmp_path):
+    """Loads a saved backbone under the other Keras backend (subprocess) and runs `images`.
+
+    Returns the NpzFile of its named outputs; asserts the subprocess used the other backend.
+    """
+    other = "jax" if backend() == "tensorflow" else "tensorflow"
+    np.save(os.path.join(tmp_path, "images.npy"), images)
+    env = dict(os.environ, KERAS_BACKEND=other,
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
+    out = os.path.join(tmp_path, "out.npz")
+    subprocess.run([sys.executable, "-c", _OTHER_BACKEND_SCRIPT, model_path,
+                    os.path.join(tmp_path, "images.npy"), out],
+                   env=env, check=True, capture_output=True, timeout=300)
+    result = np.load(out)
+    assert str(result["backend"]) == other
+    return result

@@ -2,19 +2,14 @@
 
 import doctest
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 
+from helpers import outputs_under_other_backend
 from keras_icckd import backbones
 from keras_icckd.backbones import base, mobile, registry, resnet, vgg, wrn
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- PyTorch parameter counts, by hand from the RepDistiller definitions (no Keras) ----------
@@ -235,29 +230,10 @@ def test_keras_file_round_trip(built, name, tmp_path):
                                    err_msg=key)
 
 
-_OTHER_BACKEND_SCRIPT = textwrap.dedent("""
-    import sys
-    import keras, numpy as np
-    import keras_icckd.backbones  # registers the serialisable classes
-    model = keras.saving.load_model(sys.argv[1])
-    outputs = model(np.load(sys.argv[2]), training=False)
-    np.savez(sys.argv[3], backend=keras.backend.backend(),
-             **{k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()})
-""")
-
-
 def test_loads_under_the_other_backend(built, tmp_path):
     model, images, outputs = built["resnet8"]
-    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
     model.save(str(tmp_path / "model.keras"))
-    np.save(tmp_path / "images.npy", images)
-    env = dict(os.environ, KERAS_BACKEND=other,
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
-    subprocess.run([sys.executable, "-c", _OTHER_BACKEND_SCRIPT, str(tmp_path / "model.keras"),
-                    str(tmp_path / "images.npy"), str(tmp_path / "out.npz")],
-                   env=env, check=True, capture_output=True, timeout=300)
-    result = np.load(tmp_path / "out.npz")
-    assert str(result["backend"]) == other
+    result = outputs_under_other_backend(str(tmp_path / "model.keras"), images, tmp_path)
     for key, value in outputs.items():
         np.testing.assert_allclose(result[key], value, atol=1e-4, err_msg=key)
 

@@ -24,9 +24,14 @@ def run(args, **kwargs):
                           cwd=ROOT, timeout=600, **kwargs)
 
 
-def test_teacher_run_writes_model_metrics_and_curves(tmp_path):
-    out = os.path.join(tmp_path, "run")
-    result = run([*SMALL, f"--output_dir={out}"])
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("teacher") / "run")
+    return out, run([*SMALL, f"--output_dir={out}"])
+
+
+def test_teacher_run_writes_model_metrics_and_curves(teacher_run):
+    out, result = teacher_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"model:   {out}/model.keras" in result.stdout
     assert sorted(os.listdir(out)) == ["curves.png", "metrics.json", "model.keras", "tensorboard"]
@@ -44,6 +49,37 @@ def test_teacher_run_writes_model_metrics_and_curves(tmp_path):
     assert model.backbone.output["logits"].shape[-1] == 3
 
 
+def test_student_run_distils_from_the_teacher_file(teacher_run, tmp_path):
+    teacher = os.path.join(teacher_run[0], "model.keras")
+    out = os.path.join(tmp_path, "student")
+    result = run([*SMALL, "--mode=student", f"--teacher={teacher}", "--student_arch=resnet8",
+                  "--objectives=kd:0.9,rkd:1", "--ce_weight=0.1", f"--output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["mode"] == "student" and metrics["objectives"] == {"kd": 0.9, "rkd": 1.0}
+    assert metrics["teacher_arch"] == "resnet8" and 0 <= metrics["teacher_test_top1"] <= 100
+    for key in ("kd_loss", "rkd_loss", "ce", "agreement", "test_top1"):
+        assert np.isfinite(metrics["history"][-1][key]), key
+    student = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert type(student).__name__ == "ResNet"  # the student alone, no distillation machinery
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--teacher=/nonexistent/t.keras"], "--teacher='/nonexistent/t.keras' is not allowed"),
+    (["--objectives=kd:0.9,crd2:1"], "unknown name 'crd2'"),
+    (["--objectives=kd=0.9"], "unknown name 'kd=0.9'"),
+    (["--student_arch=resnet7"], "--student_arch='resnet7' is not allowed"),
+    (["--synthetic_classes=5"], "trained for 3 classes"),
+])
+def test_bad_student_inputs(teacher_run, tmp_path, args, message):
+    out = os.path.join(tmp_path, "run")
+    teacher = os.path.join(teacher_run[0], "model.keras")
+    result = run([*SMALL, "--mode=student", f"--teacher={teacher}", f"--output_dir={out}", *args])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out, "model.keras"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of"),
     (["--dataset=imagenet"], "--dataset"),
@@ -54,7 +90,7 @@ def test_teacher_run_writes_model_metrics_and_curves(tmp_path):
     (["--lr_decay_epochs=5,3"], "--lr_decay_epochs"),
     (["--dataset=cifar100"], "--data_dir=None is not allowed"),
     (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar'"),
-    (["--mode=student"], "--mode='student' is not available"),
+    (["--mode=export"], "--mode='export' is not available"),
     (["--no_such_flag=1"], "no_such_flag"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, args, message):

@@ -5,3 +5,11 @@ from keras_icckd.losses.intra_class import intra_class_objective
 from keras_icckd.losses.margin import MARGIN_MODES
 from keras_icckd.losses.margin import logit_margin
 from keras_icckd.losses.margin import probability_margin
+from keras_icckd.losses.dkd import dkd
+from keras_icckd.losses.feature import attention_map
+from keras_icckd.losses.feature import attention_transfer
+from keras_icckd.losses.feature import hint_mse
+from keras_icckd.losses.kd import kd
+from keras_icckd.losses.rkd import rkd
+from keras_icckd.losses.rkd import rkd_angle
+from keras_icckd.losses.rkd import rkd_distance

@@ -1,0 +1,8 @@
+"""Distillation objectives, one file per method, selectable by name: `get("kd")`, `parse("kd:0.9")`."""
+
+from keras_icckd.objectives.base import Objective, get, names, parse, register
+from keras_icckd.objectives.at import AT
+from keras_icckd.objectives.dkd import DKD
+from keras_icckd.objectives.fitnet import FitNet
+from keras_icckd.objectives.kd import KD
+from keras_icckd.objectives.rkd import RKD

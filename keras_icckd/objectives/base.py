@@ -1,0 +1,77 @@
+"""The base class and registry of distillation objectives."""
+
+import keras
+
+_REGISTRY = {}
+
+
+def register(name):
+    """Class decorator: makes an `Objective` selectable by `name` (and Keras-serialisable)."""
+
+    def wrap(cls):
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return keras.saving.register_keras_serializable(package="keras_icckd")(cls)
+
+    return wrap
+
+
+def names():
+    """The sorted names accepted by `get` and by `--objectives`."""
+    return sorted(_REGISTRY)
+
+
+def get(key, **kwargs):
+    """Builds the objective registered as `key`, its constructor defaults overridden by kwargs."""
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown objective {key!r}; valid names: {', '.join(names())}")
+    return _REGISTRY[key](**kwargs)
+
+
+def parse(spec):
+    """Parses "kd:0.9,rkd:1" into [("kd", 0.9), ("rkd", 1.0)] (a name alone has weight 1).
+
+    Raises ValueError naming the bad item: unknown name, unparsable or negative weight, repeats.
+    """
+    items = []
+    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+        name, _, weight = part.partition(":")
+        name = name.strip()
+        if name not in _REGISTRY:
+            raise ValueError(f"objective {part!r}: unknown name {name!r}; valid names: {', '.join(names())}")
+        try:
+            value = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"objective {part!r}: weight {weight!r} is not a number (syntax: name:weight)")
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"objective {part!r}: weight must be a finite number >= 0")
+        if name in [n for n, _ in items]:
+            raise ValueError(f"objective {name!r} is given twice in {spec!r}")
+        items.append((name, value))
+    return items
+
+
+class Objective(keras.layers.Layer):
+    """A distillation objective: a layer that owns its heads and returns a scalar loss.
+
+    Subclasses implement `compute(student, teacher, labels, inputs)`, where `student` and
+    `teacher` are the backbones' output dicts ("logits", "embedding", "feat0".., "preact0"..),
+    the teacher's under stop-gradient, and `inputs` the batch's extra inputs (e.g. "index").
+    Heads are created in `setup(student_shapes, teacher_shapes)`, called once by the
+    `Distiller` with the output shapes the two backbones declare, so every variable exists
+    before training starts (as jit on both backends requires).
+    `requires` names the extra inputs the data pipeline must supply.
+    """
+
+    registry_name = None
+    requires = ()
+
+    def setup(self, student_shapes, teacher_shapes):
+        """Creates and builds the objective's heads; shapes are dicts name -> tuple."""
+        self.built = True
+
+    def compute(self, student, teacher, labels, inputs):
+        raise NotImplementedError
+
+    def call(self, student, teacher, labels, inputs=None):
+        return self.compute(student, teacher, labels, inputs or {})

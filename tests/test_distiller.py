@@ -1,0 +1,194 @@
+"""Distiller: frozen teacher, one run of each network per step, objectives, saving the student."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import outputs_under_other_backend, to_numpy
+from keras_icckd import backbones, data, objectives
+from keras_icckd.models import ContrastiveTeacher, Distiller, load_teacher
+
+SHAPE, CLASSES, BATCH = (16, 16, 3), 4, 16
+
+
+@pytest.fixture(scope="module")
+def task():
+    return data.make_synthetic(num_classes=CLASSES, train_per_class=32, test_per_class=4,
+                               image_shape=SHAPE, subclasses=4, seed=1)
+
+
+def dataset(task, epochs=1, seed=0):
+    mean, std = data.normalization_for(task)
+    return data.make_train_dataset(task.train_images, task.train_labels, BATCH, seed=seed,
+                                   mean=mean, std=std, epochs=epochs)
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(task):
+    """A resnet14 teacher trained briefly with CE, so that its predictions vary across images."""
+    keras.utils.set_random_seed(1)
+    teacher = ContrastiveTeacher(backbones.get("resnet14", num_classes=CLASSES, input_shape=SHAPE),
+                                 icc_lambda=0.0, icc_cache_size=0)
+    teacher.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    teacher.fit(dataset(task, 8), epochs=8, steps_per_epoch=8, verbose=0)
+    return teacher
+
+
+def make(teacher, spec="kd:0.9", ce_weight=0.1, student="resnet8"):
+    keras.utils.set_random_seed(0)
+    distiller = Distiller(backbones.get(student, num_classes=CLASSES, input_shape=SHAPE), teacher, spec,
+                          ce_weight=ce_weight)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    return distiller
+
+
+def weights(model):
+    return [to_numpy(w).copy() for w in model.weights]
+
+
+def test_teacher_frozen_student_and_heads_trained(task, trained_teacher):
+    distiller = make(trained_teacher, "kd:0.9,fitnet:100")
+    teacher_before = weights(distiller.teacher)
+    student_before = weights(distiller.student)
+    regressor_before = weights(distiller.objective_layers[1].regressor)
+    history = distiller.fit(dataset(task, 2), epochs=2, steps_per_epoch=4, verbose=0).history
+    for key in ("loss", "ce", "kd_loss", "fitnet_loss", "accuracy", "agreement"):
+        assert np.isfinite(history[key]).all(), key
+    for before, after in zip(teacher_before, weights(distiller.teacher)):
+        np.testing.assert_array_equal(before, after)  # BN statistics included
+    assert any(np.abs(b - a).max() > 0 for b, a in zip(student_before, weights(distiller.student)))
+    assert any(np.abs(b - a).max() > 0
+               for b, a in zip(regressor_before, weights(distiller.objective_layers[1].regressor)))
+    assert not distiller.teacher.trainable_weights
+    trainable = {id(v) for v in distiller.trainable_variables}
+    assert not trainable & {id(v) for v in distiller.teacher.weights}
+
+
+def test_each_network_runs_once_per_step(task, trained_teacher):
+    distiller = make(trained_teacher, "kd:1,rkd:1")
+    distiller.compile(optimizer="sgd", run_eagerly=True)
+    calls = {"student": 0, "teacher": 0}
+    for role in calls:
+        model = getattr(distiller, role)
+        original = model.call
+
+        def counted(*args, _role=role, _original=original, **kwargs):
+            calls[_role] += 1
+            return _original(*args, **kwargs)
+
+        model.call = counted
+    distiller.fit(dataset(task, 1), epochs=1, steps_per_epoch=3, verbose=0)
+    assert calls == {"student": 3, "teacher": 3}
+
+
+def test_kd_raises_agreement_with_the_teacher(task, trained_teacher):
+    mean, std = data.normalization_for(task)
+    images = (task.train_images.astype("float32") / 255.0 - np.asarray(mean)) / np.asarray(std)
+    target = np.argmax(to_numpy(trained_teacher(images)), -1)
+    distiller = make(trained_teacher, "kd:1", ce_weight=0.0)
+
+    def agreement():
+        return np.mean(np.argmax(to_numpy(distiller.student(images, training=False)["logits"]), -1) == target)
+
+    before = agreement()
+    distiller.fit(dataset(task, 8), epochs=8, steps_per_epoch=4, verbose=0)
+    assert agreement() > before + 0.2, (before, agreement())
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "rkd", "fitnet", "at"])
+def test_every_objective_trains(task, trained_teacher, name):
+    distiller = make(trained_teacher, f"{name}:1")
+    history = distiller.fit(dataset(task, 1), epochs=1, steps_per_epoch=2, verbose=0).history
+    assert np.isfinite(history["loss"]).all() and np.isfinite(history[f"{name}_loss"]).all()
+
+
+def test_epoch_counter_advances_and_dkd_warms_up(task, trained_teacher):
+    distiller = make(trained_teacher, [(objectives.DKD(warmup_epochs=4, name="dkd"), 1.0)])
+    distiller.fit(dataset(task, 3), epochs=3, steps_per_epoch=1, verbose=0)
+    assert float(to_numpy(distiller.epoch)) == 3.0
+    dkd = objectives.DKD(warmup_epochs=4)
+    rng = np.random.default_rng(0)
+    s, t = {"logits": rng.normal(size=(4, 5))}, {"logits": rng.normal(size=(4, 5))}
+    y = np.array([0, 1, 2, 3])
+    full = float(to_numpy(dkd.compute(s, t, y, {"epoch": 4.0})))
+    assert full > 0
+    assert float(to_numpy(dkd.compute(s, t, y, {"epoch": 1.0}))) == pytest.approx(full / 4, rel=1e-5)
+    assert float(to_numpy(dkd.compute(s, t, y, {"epoch": 9.0}))) == pytest.approx(full, rel=1e-5)
+
+
+def test_student_saves_alone_and_loads_under_the_other_backend(task, trained_teacher, tmp_path):
+    distiller = make(trained_teacher)
+    distiller.fit(dataset(task, 1), epochs=1, steps_per_epoch=2, verbose=0)
+    path = str(tmp_path / "student.keras")
+    distiller.student.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded).__name__ == "ResNet" and len(loaded.weights) == len(distiller.student.weights)
+    images = task.test_images.astype("float32") / 255.0
+    expected = to_numpy(distiller.student(images, training=False)["logits"])
+    np.testing.assert_allclose(outputs_under_other_backend(path, images, tmp_path)["logits"], expected,
+                               atol=1e-4)
+    with pytest.raises(NotImplementedError, match="student"):
+        distiller.save(str(tmp_path / "distiller.keras"))
+
+
+def test_teacher_from_file(task, trained_teacher, tmp_path):
+    path = str(tmp_path / "teacher.keras")
+    trained_teacher.save(path)
+    loaded = load_teacher(path)
+    assert loaded.name == "resnet14"
+    distiller = make(path)
+    images = task.test_images[:4].astype("float32") / 255.0
+    np.testing.assert_allclose(to_numpy(distiller.teacher(images)["logits"]),
+                               to_numpy(trained_teacher(images)), atol=1e-5)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("kd:0.9,foo:1", "unknown name 'foo'"), ("kd:x", "weight 'x' is not a number"),
+    ("kd:-1", "weight must be a finite number >= 0"), ("kd:1,kd:2", "given twice"),
+])
+def test_objective_spec_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        objectives.parse(spec)
+
+
+def test_parse_defaults_weight_one():
+    assert objectives.parse("kd:0.9, rkd") == [("kd", 0.9), ("rkd", 1.0)]
+
+
+def test_mismatched_or_foreign_teachers_are_refused(tmp_path):
+    student = backbones.get("resnet8", num_classes=CLASSES, input_shape=SHAPE)
+    with pytest.raises(ValueError, match="teacher has 7 classes but the student has 4"):
+        Distiller(student, backbones.get("resnet8", num_classes=7, input_shape=SHAPE))
+    with pytest.raises(ValueError, match="input shape"):
+        Distiller(student, backbones.get("resnet8", num_classes=CLASSES, input_shape=(32, 32, 3)))
+    with pytest.raises(ValueError, match="teacher must be a keras_icckd backbone"):
+        Distiller(student, keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(),
+                                             keras.layers.Dense(CLASSES)]))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_teacher(str(tmp_path / "missing.keras"))
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a model")
+    with pytest.raises(ValueError, match="is not a .keras model file"):
+        load_teacher(str(junk))
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    plain.save(str(tmp_path / "plain.keras"))
+    with pytest.raises(ValueError, match="keras_icckd backbone"):
+        load_teacher(str(tmp_path / "plain.keras"))
+
+
+def test_at_refuses_mismatched_stages():
+    with pytest.raises(ValueError, match="AT needs feat1"):
+        Distiller(backbones.get("vgg8", num_classes=CLASSES), backbones.get("resnet8", num_classes=CLASSES),
+                  "at:1000")
+
+
+def test_doctest_examples():
+    import doctest
+
+    from keras_icckd.models import distiller as module
+    from keras_icckd.objectives import kd
+
+    for m in (module, kd):
+        assert doctest.testmod(m, extraglobs={"keras": keras}).failed == 0
