@@ -5,15 +5,18 @@
 
 import json
 import os
+import re
 import sys
 
 from absl import app
 from absl import flags
+import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("plot", None, "Write a PNG of test top-1 and intra/inter ratio per epoch.")
+flags.DEFINE_bool("group_seeds", False, "Also print mean +- std (sample std) over runs named <setting>_seed<N>.")
 
 
 def load(run_dir):
@@ -29,17 +32,43 @@ def fmt(value, spec=".2f"):
     return "n/a" if value is None else format(value, spec)
 
 
+def describe(m):
+    """What was trained, in a few words."""
+    f = m["flags"]
+    if m["mode"] == "student":
+        objectives = ",".join(f"{k}:{v:g}" for k, v in m["objectives"].items())
+        return f"{m['arch']} <- {m['teacher_arch']} ({os.path.basename(os.path.dirname(m['teacher']))}), " \
+               f"{objectives}, ce {m['ce_weight']:g}"
+    return f"{m['arch']}, lambda {f['icc_lambda']:g}" + (
+        f", delta {f['icc_delta']:g}, {f['icc_margin_mode']}" if f["icc_lambda"] else " (CE)")
+
+
 def table(runs):
-    lines = ["| run | arch | lambda | delta | epochs | test top-1 last (%) | best (%) | intra/inter ratio | "
-             "anchors past margin | backend | wall (s) |", "|" + "---|" * 11]
+    lines = ["| run | trained | epochs | test top-1 last (%) | best (%) | intra/inter ratio | "
+             "anchors past margin | backend | wall (s) |", "|" + "---|" * 9]
     for run_dir, m in runs:
         last = m["history"][-1]
-        f = m["flags"]
         lines.append(
-            f"| {os.path.basename(os.path.normpath(run_dir))} | {m['arch']} | {f['icc_lambda']} | "
-            f"{f['icc_delta']} | {len(m['history'])} | {fmt(m['test_top1'])} | {fmt(m['best_test_top1'])} | "
+            f"| {os.path.basename(os.path.normpath(run_dir))} | {describe(m)} | {len(m['history'])} | "
+            f"{fmt(m['test_top1'])} | {fmt(m['best_test_top1'])} | "
             f"{fmt(last.get('intra_inter_ratio'), '.4f')} | {fmt(last.get('margin_pass'), '.3f')} | "
             f"{m['backend']} | {m['wall_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def seed_table(runs):
+    """Groups runs whose folder names differ only in a trailing _seed<N>: mean +- std over seeds."""
+    groups = {}
+    for run_dir, m in runs:
+        name = re.sub(r"_seed\d+$", "", os.path.basename(os.path.normpath(run_dir)))
+        groups.setdefault(name, []).append(m)
+    lines = ["| setting | trained | seeds | test top-1 last (%) | best (%) |", "|" + "---|" * 5]
+    for name, ms in groups.items():
+        last = np.array([m["test_top1"] for m in ms])
+        best = np.array([m["best_test_top1"] for m in ms])
+        seeds = ",".join(str(m["flags"]["seed"]) for m in ms)
+        lines.append(f"| {name} | {describe(ms[0])} | {seeds} | {last.mean():.2f} +- {last.std(ddof=1) if len(ms) > 1 else 0:.2f} "
+                     f"| {best.mean():.2f} +- {best.std(ddof=1) if len(ms) > 1 else 0:.2f} |")
     return "\n".join(lines)
 
 
@@ -70,6 +99,9 @@ def main(argv):
         raise app.UsageError("give one or more run folders")
     runs = [(d, load(d)) for d in argv[1:]]
     print(table(runs))
+    if FLAGS.group_seeds:
+        print()
+        print(seed_table(runs))
     if FLAGS.plot:
         plot(runs, FLAGS.plot)
         print(f"\nplot: {FLAGS.plot}")
