@@ -60,8 +60,8 @@ flags.DEFINE_integer("icc_projection_dim", 128, "Output size of the teacher's pr
 flags.DEFINE_string("teacher", None, "--mode=student: the teacher's .keras file (from --mode=teacher).")
 flags.DEFINE_string("student_arch", "resnet8x4", "--mode=student: the student backbone preset.")
 flags.DEFINE_string("objectives", "kd:0.9",
-                    "--mode=student: weighted distillation objectives, e.g. kd:0.9,rkd:1 "
-                    "(names: kd, dkd, rkd, fitnet, at).")
+                    "--mode=student: weighted distillation objectives, e.g. kd:0.9,rkd:1 or "
+                    "crd:0.8,kd:0.9 (names: kd, dkd, rkd, fitnet, at, crd, dcd).")
 flags.DEFINE_float("ce_weight", 0.1, "--mode=student: weight of the student's cross-entropy.")
 flags.DEFINE_integer("diagnostic_examples", 1000,
                      "Held-out test images used for the per-epoch intra/inter-class distances (0: off).")
@@ -189,7 +189,7 @@ def build_teacher(splits, steps):
         icc_cache_size=FLAGS.icc_cache_size, icc_margin_mode=FLAGS.icc_margin_mode,
         projection_dim=FLAGS.icc_projection_dim)
     return dict(model=teacher, saved=teacher, backbone=backbone, views=2 if FLAGS.icc_lambda > 0 else 1,
-                with_index=False, title=f"{FLAGS.arch} teacher, lambda={FLAGS.icc_lambda}",
+                data_options={}, title=f"{FLAGS.arch} teacher, lambda={FLAGS.icc_lambda}",
                 results={"arch": FLAGS.arch})
 
 
@@ -213,12 +213,14 @@ def build_student(splits, steps):
     student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes,
                             input_shape=splits.train_images.shape[1:])
     try:
-        distiller = Distiller(student, teacher, FLAGS.objectives, ce_weight=FLAGS.ce_weight)
+        distiller = Distiller(student, teacher, FLAGS.objectives, ce_weight=FLAGS.ce_weight,
+                              num_train=len(splits.train_labels))
+        data_options = distiller.data_options()
     except ValueError as e:
         raise app.UsageError(f"--objectives={FLAGS.objectives!r} with teacher {teacher.name} and student "
                              f"{FLAGS.student_arch}: {e}")
     return dict(model=distiller, saved=student, backbone=student, views=1,
-                with_index="index" in distiller.requires,
+                data_options=data_options,
                 title=f"{FLAGS.student_arch} <- {teacher.name}, {FLAGS.objectives}",
                 results={"arch": FLAGS.student_arch, "teacher": os.path.abspath(FLAGS.teacher),
                          "teacher_arch": teacher.name, "objectives": distiller.weighted_objectives,
@@ -246,7 +248,7 @@ def run(builder):
     model = run_["model"]
     train_ds = data.make_train_dataset(
         splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
-        std=std, views=run_["views"], with_index=run_["with_index"], epochs=FLAGS.epochs)
+        std=std, views=run_["views"], epochs=FLAGS.epochs, **run_["data_options"])
     test_ds = data.make_eval_dataset(splits.test_images, splits.test_labels,
                                      FLAGS.eval_batch_size, mean=mean, std=std)
     logging.info("data: %s, %d train / %d test images, %d classes, %d view(s)", splits.name,

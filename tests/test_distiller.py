@@ -19,10 +19,10 @@ def task():
                                image_shape=SHAPE, subclasses=4, seed=1)
 
 
-def dataset(task, epochs=1, seed=0):
+def dataset(task, epochs=1, seed=0, **options):
     mean, std = data.normalization_for(task)
     return data.make_train_dataset(task.train_images, task.train_labels, BATCH, seed=seed,
-                                   mean=mean, std=std, epochs=epochs)
+                                   mean=mean, std=std, epochs=epochs, **options)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,10 @@ def trained_teacher(task):
     return teacher
 
 
-def make(teacher, spec="kd:0.9", ce_weight=0.1, student="resnet8"):
+def make(teacher, spec="kd:0.9", ce_weight=0.1, student="resnet8", num_train=None):
     keras.utils.set_random_seed(0)
     distiller = Distiller(backbones.get(student, num_classes=CLASSES, input_shape=SHAPE), teacher, spec,
-                          ce_weight=ce_weight)
+                          ce_weight=ce_weight, num_train=num_train)
     distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return distiller
 
@@ -97,10 +97,11 @@ def test_kd_raises_agreement_with_the_teacher(task, trained_teacher):
     assert agreement() > before + 0.2, (before, agreement())
 
 
-@pytest.mark.parametrize("name", ["kd", "dkd", "rkd", "fitnet", "at"])
+@pytest.mark.parametrize("name", ["kd", "dkd", "rkd", "fitnet", "at", "crd", "dcd"])
 def test_every_objective_trains(task, trained_teacher, name):
-    distiller = make(trained_teacher, f"{name}:1")
-    history = distiller.fit(dataset(task, 1), epochs=1, steps_per_epoch=2, verbose=0).history
+    distiller = make(trained_teacher, f"{name}:1", num_train=len(task.train_labels))
+    history = distiller.fit(dataset(task, 1, **distiller.data_options()), epochs=1, steps_per_epoch=2,
+                            verbose=0).history
     assert np.isfinite(history["loss"]).all() and np.isfinite(history[f"{name}_loss"]).all()
 
 
@@ -188,7 +189,7 @@ def test_doctest_examples():
     import doctest
 
     from keras_icckd.models import distiller as module
-    from keras_icckd.objectives import kd
+    from keras_icckd.objectives import crd, dcd, kd
 
-    for m in (module, kd):
+    for m in (module, kd, crd, dcd):
         assert doctest.testmod(m, extraglobs={"keras": keras}).failed == 0

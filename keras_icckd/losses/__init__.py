@@ -13,3 +13,9 @@ from keras_icckd.losses.kd import kd
 from keras_icckd.losses.rkd import rkd
 from keras_icckd.losses.rkd import rkd_angle
 from keras_icckd.losses.rkd import rkd_distance
+from keras_icckd.losses.dcd import dcd
+from keras_icckd.losses.dcd import l2_normalize
+from keras_icckd.losses.nce import contrast_scores
+from keras_icckd.losses.nce import crd
+from keras_icckd.losses.nce import momentum_update
+from keras_icckd.losses.nce import nce_loss

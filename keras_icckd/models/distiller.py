@@ -62,6 +62,11 @@ class Distiller(keras.Model):
         teacher: the teacher (see above).
         objectives: "kd:0.9,rkd:1", or a list of (name or `Objective`, weight) pairs.
         ce_weight: weight of the student's cross-entropy. Default 0.1 (with KD at 0.9).
+        num_train: number of training samples, handed to every objective's `setup` (CRD sizes
+            its memory banks by it). Default None (unknown; objectives that need it refuse).
+
+    `distiller.data_options()` gives the arguments of `data.make_train_dataset` that supply the
+    extra inputs the objectives require (sample indices, CRD's negatives).
 
     Example:
 
@@ -73,7 +78,7 @@ class Distiller(keras.Model):
     ['kd']
     """
 
-    def __init__(self, student, teacher, objectives="kd:0.9", ce_weight=0.1, **kwargs):
+    def __init__(self, student, teacher, objectives="kd:0.9", ce_weight=0.1, num_train=None, **kwargs):
         super().__init__(**kwargs)
         self.student = _as_backbone(student, "student")
         self.teacher = _as_backbone(teacher, "teacher")
@@ -86,17 +91,22 @@ class Distiller(keras.Model):
                              f"student's {tuple(self.student.input.shape[1:])}")
         if not ce_weight >= 0:
             raise ValueError(f"ce_weight={ce_weight!r}: expected >= 0")
+        if num_train is not None and (isinstance(num_train, bool) or int(num_train) != num_train
+                                      or num_train < 1):
+            raise ValueError(f"num_train={num_train!r}: expected a positive integer or None")
+        self.num_train = None if num_train is None else int(num_train)
         self.teacher.trainable = False
         self.ce_weight = float(ce_weight)
         if isinstance(objectives, str):
             objectives = objective_zoo.parse(objectives)
         s_shapes = {k: tuple(v.shape) for k, v in s_out.items()}
         t_shapes = {k: tuple(v.shape) for k, v in t_out.items()}
+        context = {"num_train": self.num_train, "num_classes": int(s_out["logits"].shape[-1])}
         self.objective_layers, self.objective_weights = [], []
         for objective, weight in objectives:
             if isinstance(objective, str):
                 objective = objective_zoo.get(objective, name=objective)
-            objective.setup(s_shapes, t_shapes)
+            objective.setup(s_shapes, t_shapes, context)
             self.objective_layers.append(objective)
             self.objective_weights.append(float(weight))
         names = [o.name for o in self.objective_layers]
@@ -115,6 +125,20 @@ class Distiller(keras.Model):
     def weighted_objectives(self):
         """{name: weight} of the objectives."""
         return {o.name: w for o, w in zip(self.objective_layers, self.objective_weights)}
+
+    def data_options(self):
+        """The keyword arguments of `data.make_train_dataset` that the objectives need, merged.
+
+        Raises ValueError when two objectives ask for different values of one argument.
+        """
+        options = {}
+        for objective in self.objective_layers:
+            for key, value in objective.data_options().items():
+                if key in options and options[key] != value:
+                    raise ValueError(f"objective {objective.name!r} needs the data option {key}={value!r} "
+                                     f"but another objective needs {key}={options[key]!r}")
+                options[key] = value
+        return options
 
     def build(self, input_shape=None):
         self.built = True

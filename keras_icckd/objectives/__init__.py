@@ -2,6 +2,8 @@
 
 from keras_icckd.objectives.base import Objective, get, names, parse, register
 from keras_icckd.objectives.at import AT
+from keras_icckd.objectives.crd import CRD
+from keras_icckd.objectives.dcd import DCD
 from keras_icckd.objectives.dkd import DKD
 from keras_icckd.objectives.fitnet import FitNet
 from keras_icckd.objectives.kd import KD

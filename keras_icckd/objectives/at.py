@@ -21,13 +21,13 @@ class AT(Objective):
         super().__init__(**kwargs)
         self.p, self.stages = p, tuple(int(s) for s in stages)
 
-    def setup(self, student_shapes, teacher_shapes):
+    def setup(self, student_shapes, teacher_shapes, context=None):
         for k in self.stages:
             s, t = student_shapes.get(f"feat{k}"), teacher_shapes.get(f"feat{k}")
             if s is None or t is None or tuple(s[1:3]) != tuple(t[1:3]):
                 raise ValueError(f"AT needs feat{k} with equal spatial size in student and teacher; "
                                  f"got student {s} and teacher {t}")
-        super().setup(student_shapes, teacher_shapes)
+        super().setup(student_shapes, teacher_shapes, context)
 
     def compute(self, student, teacher, labels, inputs):
         return losses.attention_transfer([student[f"feat{k}"] for k in self.stages],

@@ -56,19 +56,36 @@ class Objective(keras.layers.Layer):
 
     Subclasses implement `compute(student, teacher, labels, inputs)`, where `student` and
     `teacher` are the backbones' output dicts ("logits", "embedding", "feat0".., "preact0"..),
-    the teacher's under stop-gradient, and `inputs` the batch's extra inputs (e.g. "index").
-    Heads are created in `setup(student_shapes, teacher_shapes)`, called once by the
-    `Distiller` with the output shapes the two backbones declare, so every variable exists
-    before training starts (as jit on both backends requires).
-    `requires` names the extra inputs the data pipeline must supply.
+    the teacher's under stop-gradient, and `inputs` the batch's extra inputs (e.g. "index")
+    plus "epoch" and "training".
+    Heads and state (memory banks, counters) are created in
+    `setup(student_shapes, teacher_shapes, context)`, called once by the `Distiller` with the
+    output shapes the two backbones declare and what is known of the training data, so every
+    variable exists before training starts (as jit on both backends requires).
+    `requires` names the extra inputs the data pipeline must supply; `data_options()` returns
+    the arguments of `data.make_train_dataset` that supply them.
     """
 
     registry_name = None
     requires = ()
 
-    def setup(self, student_shapes, teacher_shapes):
-        """Creates and builds the objective's heads; shapes are dicts name -> tuple."""
+    def setup(self, student_shapes, teacher_shapes, context=None):
+        """Creates and builds the objective's heads and state.
+
+        Args:
+            student_shapes: dict output name -> shape tuple of the student backbone.
+            teacher_shapes: the same for the teacher.
+            context: dict of facts about the training data: "num_train" (number of training
+                samples, None when unknown) and "num_classes".
+        """
         self.built = True
+
+    def data_options(self):
+        """Keyword arguments of `data.make_train_dataset` that supply `requires`; call after `setup`.
+
+        The default asks for sample indices when "index" is required.
+        """
+        return {"with_index": True} if "index" in self.requires else {}
 
     def compute(self, student, teacher, labels, inputs):
         raise NotImplementedError

@@ -24,7 +24,7 @@ class FitNet(Objective):
         self.hint_stage = int(hint_stage)
         self.regressor = None
 
-    def setup(self, student_shapes, teacher_shapes):
+    def setup(self, student_shapes, teacher_shapes, context=None):
         key = f"feat{self.hint_stage}"
         s, t = student_shapes.get(key), teacher_shapes.get(key)
         if s is None or t is None:
@@ -42,7 +42,7 @@ class FitNet(Objective):
             [keras.Input(tuple(s[1:])), conv,
              keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="regressor_bn"),
              keras.layers.ReLU(name="regressor_relu")], name="regressor")
-        super().setup(student_shapes, teacher_shapes)
+        super().setup(student_shapes, teacher_shapes, context)
 
     def compute(self, student, teacher, labels, inputs):
         key = f"feat{self.hint_stage}"

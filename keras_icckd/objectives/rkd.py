@@ -19,12 +19,12 @@ class RKD(Objective):
         self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
         self.feature = feature
 
-    def setup(self, student_shapes, teacher_shapes):
+    def setup(self, student_shapes, teacher_shapes, context=None):
         for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
             if self.feature not in shapes:
                 raise ValueError(f"RKD feature {self.feature!r} is not an output of the {side}; "
                                  f"available: {sorted(shapes)}")
-        super().setup(student_shapes, teacher_shapes)
+        super().setup(student_shapes, teacher_shapes, context)
 
     def compute(self, student, teacher, labels, inputs):
         return losses.rkd(student[self.feature], teacher[self.feature],

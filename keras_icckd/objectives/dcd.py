@@ -1,0 +1,83 @@
+"""DCD: Giakoumoglou, Stathaki, "Discriminative and Consistent Representation Distillation",
+arXiv 2407.11802 (2024)."""
+
+import keras
+
+from keras_icckd import losses
+from keras_icckd.objectives.base import Objective, register
+from keras_icckd.objectives.crd import feature_size
+
+
+@register("dcd")
+class DCD(Objective):
+    """In-batch contrastive distillation with a learnable scale and a consistency term.
+
+    Dense heads map the student's and the teacher's `feature` to `feature_dim`; the rows are
+    L2-normalised (h_s, h_t). With s = min(exp(t), max_scale) for a learnable scalar t and a
+    learnable bias b, the logits z_ij = s * <h_s_i, h_t_j> + b give
+
+        L = -(1/B) sum_i log_softmax(z)_ii + w * KL(softmax(z, axis=0)^T || softmax(z, axis=1)),
+
+    InfoNCE with the same image's teacher embedding as the positive, plus the consistency term
+    (batch-mean KL) of weight w = 0.5 (see `losses.dcd`). t and b are trainable variables of
+    this layer, so the optimizer trains them with the heads. The paper's total is
+    CE + KD + DCD: combine it with KD, e.g. `Distiller(..., "kd:0.9,dcd:1")`.
+
+    Args:
+        feature_dim: size of the projection heads. Default 128.
+        init_log_scale: initial t. Default 1.0 (scale e).
+        init_bias: initial b. Default 0.
+        max_scale: upper clamp of exp(t). Default 10.
+        consistency_weight: w. Default 0.5.
+        feature: the backbone output projected on both sides. Default "embedding".
+
+    Example:
+
+    >>> import numpy as np
+    >>> dcd = DCD()
+    >>> dcd.setup({"embedding": (None, 8)}, {"embedding": (None, 16)})
+    >>> dcd.log_scale.trainable, float(dcd.log_scale), len(dcd.trainable_variables)  # t, b, 2 heads
+    (True, 1.0, 6)
+    >>> rng = np.random.default_rng(0)
+    >>> bool(dcd({"embedding": rng.normal(size=(4, 8))}, {"embedding": rng.normal(size=(4, 16))},
+    ...          np.arange(4)) > 0)
+    True
+    """
+
+    def __init__(self, feature_dim=128, init_log_scale=1.0, init_bias=0.0, max_scale=10.0,
+                 consistency_weight=0.5, feature="embedding", **kwargs):
+        super().__init__(**kwargs)
+        if int(feature_dim) != feature_dim or feature_dim < 1:
+            raise ValueError(f"DCD feature_dim={feature_dim!r}: expected an integer >= 1")
+        if not max_scale > 0 or not consistency_weight >= 0:
+            raise ValueError(f"DCD needs max_scale > 0 and consistency_weight >= 0; got "
+                             f"max_scale={max_scale!r}, consistency_weight={consistency_weight!r}")
+        self.feature_dim, self.feature = int(feature_dim), feature
+        self.init_log_scale, self.init_bias = float(init_log_scale), float(init_bias)
+        self.max_scale, self.consistency_weight = float(max_scale), float(consistency_weight)
+
+    def setup(self, student_shapes, teacher_shapes, context=None):
+        self.student_size = feature_size(student_shapes, self.feature, "student", "DCD")
+        self.teacher_size = feature_size(teacher_shapes, self.feature, "teacher", "DCD")
+        self.embed_student = keras.layers.Dense(self.feature_dim, name="embed_student")
+        self.embed_student.build((None, self.student_size))
+        self.embed_teacher = keras.layers.Dense(self.feature_dim, name="embed_teacher")
+        self.embed_teacher.build((None, self.teacher_size))
+        self.log_scale = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(self.init_log_scale), trainable=True,
+            dtype="float32", name="log_scale")
+        self.bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.init_bias),
+                                    trainable=True, dtype="float32", name="bias")
+        super().setup(student_shapes, teacher_shapes, context)
+
+    def compute(self, student, teacher, labels, inputs):
+        f_s = keras.ops.reshape(student[self.feature], (-1, self.student_size))
+        f_t = keras.ops.reshape(keras.ops.stop_gradient(teacher[self.feature]), (-1, self.teacher_size))
+        return losses.dcd(self.embed_student(f_s), self.embed_teacher(f_t), self.log_scale, self.bias,
+                          max_scale=self.max_scale, consistency_weight=self.consistency_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "feature_dim": self.feature_dim,
+                "init_log_scale": self.init_log_scale, "init_bias": self.init_bias,
+                "max_scale": self.max_scale, "consistency_weight": self.consistency_weight,
+                "feature": self.feature}
