@@ -193,3 +193,13 @@ def test_doctest_examples():
 
     for m in (module, kd, crd, dcd):
         assert doctest.testmod(m, extraglobs={"keras": keras}).failed == 0
+
+
+def test_parse_constructor_options():
+    (dkd, weight), (kd, kd_weight) = objectives.parse("dkd(beta=2;warmup_epochs=10):1,kd:0.5")
+    assert isinstance(dkd, objectives.DKD) and (dkd.beta, dkd.warmup_epochs, weight) == (2.0, 10, 1.0)
+    assert (kd, kd_weight) == ("kd", 0.5)
+    for spec, message in (("dkd(beta=2:1", "without"), ("dkd(gamma=2):1", "gamma"),
+                          ("dkd(beta):1", "key=value"), ("kd(temperature=oops):1", "key=value")):
+        with pytest.raises(ValueError, match=message):
+            objectives.parse(spec)

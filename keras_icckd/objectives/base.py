@@ -1,5 +1,7 @@
 """The base class and registry of distillation objectives."""
 
+import ast
+
 import keras
 
 _REGISTRY = {}
@@ -28,14 +30,40 @@ def get(key, **kwargs):
     return _REGISTRY[key](**kwargs)
 
 
-def parse(spec):
-    """Parses "kd:0.9,rkd:1" into [("kd", 0.9), ("rkd", 1.0)] (a name alone has weight 1).
+def _parse_options(part, text):
+    """"beta=2;warmup_epochs=10" -> {"beta": 2, "warmup_epochs": 10} (values as Python literals)."""
+    options = {}
+    for item in [i.strip() for i in text.split(";") if i.strip()]:
+        key, eq, value = item.partition("=")
+        try:
+            if not eq or not key.strip().isidentifier():
+                raise ValueError
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"objective {part!r}: option {item!r} is not key=value with a Python literal "
+                             "(syntax: name(key=value;key=value):weight)")
+    return options
 
-    Raises ValueError naming the bad item: unknown name, unparsable or negative weight, repeats.
+
+def parse(spec):
+    """Parses an objectives string: "kd:0.9,rkd:1" -> [("kd", 0.9), ("rkd", 1.0)].
+
+    A name alone has weight 1. Constructor options go in parentheses, separated by ';':
+    "dkd(beta=2;warmup_epochs=20):1" -> [(DKD(beta=2, warmup_epochs=20), 1.0)], i.e. the first
+    element is then a built `Objective` instead of a name.
+    Raises ValueError naming the bad item: unknown name or option, unparsable or negative
+    weight, repeats.
     """
-    items = []
+    items, seen = [], []
     for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
-        name, _, weight = part.partition(":")
+        head, options = part, None
+        if "(" in part:
+            head_name, _, rest = part.partition("(")
+            inside, close, tail = rest.partition(")")
+            if not close:
+                raise ValueError(f"objective {part!r}: '(' without ')'")
+            head, options = head_name + tail, _parse_options(part, inside)
+        name, _, weight = head.partition(":")
         name = name.strip()
         if name not in _REGISTRY:
             raise ValueError(f"objective {part!r}: unknown name {name!r}; valid names: {', '.join(names())}")
@@ -45,9 +73,16 @@ def parse(spec):
             raise ValueError(f"objective {part!r}: weight {weight!r} is not a number (syntax: name:weight)")
         if not value >= 0 or value == float("inf"):
             raise ValueError(f"objective {part!r}: weight must be a finite number >= 0")
-        if name in [n for n, _ in items]:
+        if name in seen:
             raise ValueError(f"objective {name!r} is given twice in {spec!r}")
-        items.append((name, value))
+        seen.append(name)
+        if options is None:
+            items.append((name, value))
+            continue
+        try:
+            items.append((get(name, name=name, **options), value))
+        except TypeError as e:
+            raise ValueError(f"objective {part!r}: {e}")
     return items
 
 
