@@ -203,3 +203,20 @@ def test_parse_constructor_options():
                           ("dkd(beta):1", "key=value"), ("kd(temperature=oops):1", "key=value")):
         with pytest.raises(ValueError, match=message):
             objectives.parse(spec)
+
+
+@pytest.mark.parametrize("teacher_name, student_name", [("resnet32x4", "shufflenetv2"),
+                                                        ("vgg13", "mobilenetv2")])
+def test_heterogeneous_pairs(teacher_name, student_name):
+    """The logit- and embedding-based objectives run on the literature's heterogeneous pairs."""
+    keras.utils.set_random_seed(0)
+    distiller = Distiller(backbones.get(student_name, num_classes=CLASSES),
+                          backbones.get(teacher_name, num_classes=CLASSES),
+                          "kd:0.9,dkd:1,rkd:1,crd:0.8,dcd:1", num_train=32)
+    rng = np.random.default_rng(0)
+    x = {"image": rng.normal(size=(4, 32, 32, 3)).astype("float32"),
+         "index": np.arange(4, dtype="int32"),
+         "contrast_index": rng.integers(0, 32, size=(4, distiller.objective_layers[3].negatives)).astype("int32")}
+    y = np.array([0, 1, 2, 3])
+    loss = distiller.compute_loss(x, y, distiller(x, training=True), training=True)
+    assert np.isfinite(to_numpy(loss))
