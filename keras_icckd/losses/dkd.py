@@ -2,18 +2,14 @@
 
 from keras import ops
 
-from keras_icckd.losses.kd import _check_temperature
+from keras_icckd.losses.kd import _kl
+from keras_icckd.losses.kd import _tempered
 
 # Subtracted from the target logit (already divided by T) to leave it out of the
 # non-target softmax, as in the authors' code.
 _NON_TARGET_SHIFT = 1000.0
 # Pushes the target column out of a log-sum-exp over the non-target classes.
 _EXCLUDED = -1e9
-
-
-def _kl(log_p_t, log_p_s):
-    """Row-wise KL(p_t || p_s) from log-probabilities: sum_c p_t (log p_t - log p_s)."""
-    return ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
 
 
 def _binary_log_probs(scaled_logits, onehot):
@@ -61,9 +57,7 @@ def dkd(student_logits, teacher_logits, labels, alpha=1.0, beta=8.0, temperature
     Returns:
         Scalar float32 loss.
     """
-    _check_temperature(temperature)
-    student = ops.cast(student_logits, "float32") / temperature
-    teacher = ops.stop_gradient(ops.cast(teacher_logits, "float32")) / temperature
+    student, teacher = _tempered(student_logits, teacher_logits, temperature)
     labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     onehot = ops.one_hot(labels, ops.shape(student)[-1], dtype="float32")
 

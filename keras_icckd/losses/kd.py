@@ -3,9 +3,18 @@
 from keras import ops
 
 
-def _check_temperature(temperature):
+def _tempered(student_logits, teacher_logits, temperature):
+    """Checks T, then returns (z_s / T, stop_gradient(z_t) / T) in float32."""
     if isinstance(temperature, (int, float)) and not temperature > 0:
         raise ValueError(f"temperature={temperature!r}: expected a number > 0")
+    student = ops.cast(student_logits, "float32") / temperature
+    teacher = ops.stop_gradient(ops.cast(teacher_logits, "float32")) / temperature
+    return student, teacher
+
+
+def _kl(log_p_t, log_p_s):
+    """Row-wise KL(p_t || p_s) from log-probabilities: sum_c p_t (log p_t - log p_s)."""
+    return ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
 
 
 def kd(student_logits, teacher_logits, temperature=4.0):
@@ -29,10 +38,6 @@ def kd(student_logits, teacher_logits, temperature=4.0):
     Returns:
         Scalar float32 loss.
     """
-    _check_temperature(temperature)
-    student = ops.cast(student_logits, "float32") / temperature
-    teacher = ops.stop_gradient(ops.cast(teacher_logits, "float32")) / temperature
-    log_p_t = ops.log_softmax(teacher, axis=-1)
-    log_p_s = ops.log_softmax(student, axis=-1)
-    per_sample = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    student, teacher = _tempered(student_logits, teacher_logits, temperature)
+    per_sample = _kl(ops.log_softmax(teacher, axis=-1), ops.log_softmax(student, axis=-1))
     return ops.mean(per_sample) * (temperature ** 2)
