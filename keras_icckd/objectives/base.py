@@ -1,8 +1,10 @@
 """The base class and registry of distillation objectives."""
 
 import ast
+import math
 
 import keras
+from keras import ops
 
 _REGISTRY = {}
 
@@ -127,3 +129,37 @@ class Objective(keras.layers.Layer):
 
     def call(self, student, teacher, labels, inputs=None):
         return self.compute(student, teacher, labels, inputs or {})
+
+
+def feature_size(shapes, feature, side, method):
+    """The flattened per-sample size of `shapes[feature]`; a clear error when it is missing."""
+    shape = shapes.get(feature)
+    if shape is None:
+        raise ValueError(f"{method} feature {feature!r} is not an output of the {side}; "
+                         f"available: {sorted(shapes)}")
+    if any(d is None for d in shape[1:]):
+        raise ValueError(f"{method} feature {feature!r} of the {side} has an unknown size: {shape}")
+    return math.prod(shape[1:])
+
+
+class EmbeddingHeads:
+    """Mixin for objectives that embed both networks' `self.feature` with a Dense head each.
+
+    `build_heads` creates `embed_student` / `embed_teacher` (Dense to `self.feature_dim`, built
+    from the declared feature shapes); `embed_features` flattens the two features (the teacher's
+    under stop-gradient) and returns the two float32 embeddings, not normalised.
+    """
+
+    def build_heads(self, student_shapes, teacher_shapes, method):
+        self.student_size = feature_size(student_shapes, self.feature, "student", method)
+        self.teacher_size = feature_size(teacher_shapes, self.feature, "teacher", method)
+        self.embed_student = keras.layers.Dense(self.feature_dim, name="embed_student")
+        self.embed_student.build((None, self.student_size))
+        self.embed_teacher = keras.layers.Dense(self.feature_dim, name="embed_teacher")
+        self.embed_teacher.build((None, self.teacher_size))
+
+    def embed_features(self, student, teacher):
+        f_s = ops.reshape(student[self.feature], (-1, self.student_size))
+        f_t = ops.reshape(ops.stop_gradient(teacher[self.feature]), (-1, self.teacher_size))
+        return (ops.cast(self.embed_student(f_s), "float32"),
+                ops.cast(self.embed_teacher(f_t), "float32"))

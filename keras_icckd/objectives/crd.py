@@ -6,22 +6,11 @@ import keras
 from keras import ops
 
 from keras_icckd import losses
-from keras_icckd.objectives.base import Objective, register
-
-
-def feature_size(shapes, feature, side, method):
-    """The flattened per-sample size of `shapes[feature]`; a clear error when it is missing."""
-    shape = shapes.get(feature)
-    if shape is None:
-        raise ValueError(f"{method} feature {feature!r} is not an output of the {side}; "
-                         f"available: {sorted(shapes)}")
-    if any(d is None for d in shape[1:]):
-        raise ValueError(f"{method} feature {feature!r} of the {side} has an unknown size: {shape}")
-    return math.prod(shape[1:])
+from keras_icckd.objectives.base import EmbeddingHeads, Objective, register
 
 
 @register("crd")
-class CRD(Objective):
+class CRD(EmbeddingHeads, Objective):
     """Contrastive representation distillation with two memory banks and NCE.
 
     Dense heads map the student's and the teacher's `feature` to `feature_dim` and
@@ -95,12 +84,7 @@ class CRD(Objective):
                              f"banks: build the Distiller with num_train=N; got num_train={num_data!r}")
         self.num_data = int(num_data)
         self.negatives = min(self.num_negatives, self.num_data - 1)
-        self.student_size = feature_size(student_shapes, self.feature, "student", "CRD")
-        self.teacher_size = feature_size(teacher_shapes, self.feature, "teacher", "CRD")
-        self.embed_student = keras.layers.Dense(self.feature_dim, name="embed_student")
-        self.embed_student.build((None, self.student_size))
-        self.embed_teacher = keras.layers.Dense(self.feature_dim, name="embed_teacher")
-        self.embed_teacher.build((None, self.teacher_size))
+        self.build_heads(student_shapes, teacher_shapes, "CRD")
         bound = 1.0 / math.sqrt(self.feature_dim / 3.0)
         for side in ("student", "teacher"):
             setattr(self, f"memory_{side}", self.add_weight(
@@ -119,10 +103,8 @@ class CRD(Objective):
 
     def embed(self, student, teacher):
         """The L2-normalised float32 embeddings (h_s, h_t) of the two networks' features."""
-        f_s = ops.reshape(student[self.feature], (-1, self.student_size))
-        f_t = ops.reshape(ops.stop_gradient(teacher[self.feature]), (-1, self.teacher_size))
-        return (losses.l2_normalize(self.embed_student(f_s)),
-                losses.l2_normalize(self.embed_teacher(f_t)))
+        h_s, h_t = self.embed_features(student, teacher)
+        return losses.l2_normalize(h_s), losses.l2_normalize(h_t)
 
     def compute(self, student, teacher, labels, inputs):
         if "index" not in inputs or "contrast_index" not in inputs:

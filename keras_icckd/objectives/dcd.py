@@ -4,12 +4,11 @@ arXiv 2407.11802 (2024)."""
 import keras
 
 from keras_icckd import losses
-from keras_icckd.objectives.base import Objective, register
-from keras_icckd.objectives.crd import feature_size
+from keras_icckd.objectives.base import EmbeddingHeads, Objective, register
 
 
 @register("dcd")
-class DCD(Objective):
+class DCD(EmbeddingHeads, Objective):
     """In-batch contrastive distillation with a learnable scale and a consistency term.
 
     Dense heads map the student's and the teacher's `feature` to `feature_dim`; the rows are
@@ -57,12 +56,7 @@ class DCD(Objective):
         self.max_scale, self.consistency_weight = float(max_scale), float(consistency_weight)
 
     def setup(self, student_shapes, teacher_shapes, context=None):
-        self.student_size = feature_size(student_shapes, self.feature, "student", "DCD")
-        self.teacher_size = feature_size(teacher_shapes, self.feature, "teacher", "DCD")
-        self.embed_student = keras.layers.Dense(self.feature_dim, name="embed_student")
-        self.embed_student.build((None, self.student_size))
-        self.embed_teacher = keras.layers.Dense(self.feature_dim, name="embed_teacher")
-        self.embed_teacher.build((None, self.teacher_size))
+        self.build_heads(student_shapes, teacher_shapes, "DCD")
         self.log_scale = self.add_weight(
             shape=(), initializer=keras.initializers.Constant(self.init_log_scale), trainable=True,
             dtype="float32", name="log_scale")
@@ -71,9 +65,8 @@ class DCD(Objective):
         super().setup(student_shapes, teacher_shapes, context)
 
     def compute(self, student, teacher, labels, inputs):
-        f_s = keras.ops.reshape(student[self.feature], (-1, self.student_size))
-        f_t = keras.ops.reshape(keras.ops.stop_gradient(teacher[self.feature]), (-1, self.teacher_size))
-        return losses.dcd(self.embed_student(f_s), self.embed_teacher(f_t), self.log_scale, self.bias,
+        h_s, h_t = self.embed_features(student, teacher)
+        return losses.dcd(h_s, h_t, self.log_scale, self.bias,
                           max_scale=self.max_scale, consistency_weight=self.consistency_weight)
 
     def get_config(self):
