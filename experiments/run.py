@@ -61,7 +61,9 @@ flags.DEFINE_string("teacher", None, "--mode=student: the teacher's .keras file 
 flags.DEFINE_string("student_arch", "resnet8x4", "--mode=student: the student backbone preset.")
 flags.DEFINE_string("objectives", "kd:0.9",
                     "--mode=student: weighted distillation objectives, e.g. kd:0.9,rkd:1 or "
-                    "crd:0.8,kd:0.9 (names: kd, dkd, rkd, fitnet, at, crd, dcd).")
+                    "crd:0.8,kd:0.9 (names: kd, dkd, rkd, fitnet, at, crd, dcd, pckd, and msdcrd, which is "
+                    "EXPERIMENTAL: reconstructed from its paper's abstract). Options in parentheses: "
+                    "dkd(beta=2;warmup_epochs=20):1.")
 flags.DEFINE_float("ce_weight", 0.1, "--mode=student: weight of the student's cross-entropy.")
 flags.DEFINE_integer("diagnostic_examples", 1000,
                      "Held-out test images used for the per-epoch intra/inter-class distances (0: off).")
@@ -216,6 +218,10 @@ def build_student(splits, steps):
         distiller = Distiller(student, teacher, FLAGS.objectives, ce_weight=FLAGS.ce_weight,
                               num_train=len(splits.train_labels))
         data_options = distiller.data_options()
+        for objective in distiller.objective_layers:
+            if getattr(objective, "experimental", False):
+                logging.warning("objective %r is EXPERIMENTAL (reconstructed from the paper's abstract; "
+                                "see its docstring)", objective.name)
     except ValueError as e:
         raise app.UsageError(f"--objectives={FLAGS.objectives!r} with teacher {teacher.name} and student "
                              f"{FLAGS.student_arch}: {e}")

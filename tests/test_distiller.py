@@ -97,7 +97,7 @@ def test_kd_raises_agreement_with_the_teacher(task, trained_teacher):
     assert agreement() > before + 0.2, (before, agreement())
 
 
-@pytest.mark.parametrize("name", ["kd", "dkd", "rkd", "fitnet", "at", "crd", "dcd"])
+@pytest.mark.parametrize("name", ["kd", "dkd", "rkd", "fitnet", "at", "crd", "dcd", "pckd", "msdcrd"])
 def test_every_objective_trains(task, trained_teacher, name):
     distiller = make(trained_teacher, f"{name}:1", num_train=len(task.train_labels))
     history = distiller.fit(dataset(task, 1, **distiller.data_options()), epochs=1, steps_per_epoch=2,
@@ -208,11 +208,11 @@ def test_parse_constructor_options():
 @pytest.mark.parametrize("teacher_name, student_name", [("resnet32x4", "shufflenetv2"),
                                                         ("vgg13", "mobilenetv2")])
 def test_heterogeneous_pairs(teacher_name, student_name):
-    """The logit- and embedding-based objectives run on the literature's heterogeneous pairs."""
+    """The logit-, embedding- and last-map-based objectives run on the literature's heterogeneous pairs."""
     keras.utils.set_random_seed(0)
     distiller = Distiller(backbones.get(student_name, num_classes=CLASSES),
                           backbones.get(teacher_name, num_classes=CLASSES),
-                          "kd:0.9,dkd:1,rkd:1,crd:0.8,dcd:1", num_train=32)
+                          "kd:0.9,dkd:1,rkd:1,crd:0.8,dcd:1,pckd:1,msdcrd:1", num_train=32)
     rng = np.random.default_rng(0)
     x = {"image": rng.normal(size=(4, 32, 32, 3)).astype("float32"),
          "index": np.arange(4, dtype="int32"),

@@ -19,3 +19,12 @@ from keras_icckd.losses.nce import contrast_scores
 from keras_icckd.losses.nce import crd
 from keras_icckd.losses.nce import momentum_update
 from keras_icckd.losses.nce import nce_loss
+from keras_icckd.losses.pckd import category_alignment
+from keras_icckd.losses.pckd import feature_alignment
+from keras_icckd.losses.pckd import per_sample_cross_entropy
+from keras_icckd.losses.pckd import preview_weights
+from keras_icckd.losses.pckd import rotations
+from keras_icckd.losses.pckd import supervised_contrastive
+from keras_icckd.losses.msdcrd import diagonal_info_nce
+from keras_icckd.losses.msdcrd import grid_pool
+from keras_icckd.losses.msdcrd import msdcrd

@@ -17,7 +17,7 @@ def _kl(log_p_t, log_p_s):
     return ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
 
 
-def kd(student_logits, teacher_logits, temperature=4.0):
+def kd(student_logits, teacher_logits, temperature=4.0, weights=None):
     """Hinton's KD loss, as in mdistiller's `kd_loss` (batch-mean KL).
 
     Reference: Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
@@ -34,10 +34,14 @@ def kd(student_logits, teacher_logits, temperature=4.0):
         student_logits: (B, C) student logits.
         teacher_logits: (B, C) teacher logits.
         temperature: T > 0. Default 4.
+        weights: optional (B,) per-sample weights (e.g. PCKD's preview weights), taken as
+            constants: L = T^2 * (1 / B) * sum_i w_i KL_i. Default None (all 1).
 
     Returns:
         Scalar float32 loss.
     """
     student, teacher = _tempered(student_logits, teacher_logits, temperature)
     per_sample = _kl(ops.log_softmax(teacher, axis=-1), ops.log_softmax(student, axis=-1))
+    if weights is not None:
+        per_sample = per_sample * ops.stop_gradient(ops.cast(weights, "float32"))
     return ops.mean(per_sample) * (temperature ** 2)

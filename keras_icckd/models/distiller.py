@@ -113,6 +113,11 @@ class Distiller(keras.Model):
         if len(set(names)) != len(names) or set(names) & set(_RESERVED):
             raise ValueError(f"objective names must be distinct and not in {_RESERVED}; got {names}")
         self.requires = tuple(sorted({r for o in self.objective_layers for r in o.requires}))
+        multi_view = [o for o in self.objective_layers if o.views > 1]
+        if len(multi_view) > 1:
+            raise ValueError(f"at most one objective may feed extra views of each image; got "
+                             f"{[o.name for o in multi_view]}")
+        self.view_maker = multi_view[0] if multi_view else None
         self.epoch = self.add_weight(shape=(), initializer="ones", trainable=False, dtype="float32",
                                      name="epoch")
         self.ce_tracker = keras.metrics.Mean(name="ce")
@@ -145,6 +150,8 @@ class Distiller(keras.Model):
 
     def call(self, inputs, training=None):
         images = inputs["image"] if isinstance(inputs, dict) else inputs
+        if self.view_maker is not None:
+            images = self.view_maker.make_views(images)
         student = self.student(images, training=training)
         teacher = keras.tree.map_structure(ops.stop_gradient, self.teacher(images, training=False))
         return {"student": student, "teacher": teacher}
@@ -152,16 +159,25 @@ class Distiller(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         del sample_weight
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
-        student, teacher = y_pred["student"], y_pred["teacher"]
-        s_logits = ops.cast(student["logits"], "float32")
         batch = ops.shape(labels)[0]
+        all_views = y_pred["student"], y_pred["teacher"]
+        student, teacher = all_views
+        if self.view_maker is not None:  # the original images come first
+            student, teacher = keras.tree.map_structure(lambda t: t[:batch], all_views)
+        s_logits = ops.cast(student["logits"], "float32")
         ce = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, s_logits, from_logits=True))
         total = self.ce_weight * ce
         extras = dict(x) if isinstance(x, dict) else {}
         extras.update(epoch=self.epoch, training=training)
+        if "classifier" in self.requires:
+            extras["student_classifier"] = (self.student.classifier.kernel, self.student.classifier.bias)
+            extras["teacher_classifier"] = tuple(
+                ops.stop_gradient(ops.convert_to_tensor(v))
+                for v in (self.teacher.classifier.kernel, self.teacher.classifier.bias))
         for objective, weight, tracker in zip(self.objective_layers, self.objective_weights,
                                               self.objective_trackers):
-            value = ops.cast(objective.compute(student, teacher, labels, extras), "float32")
+            outputs = all_views if objective is self.view_maker else (student, teacher)
+            value = ops.cast(objective.compute(*outputs, labels, extras), "float32")
             total = total + weight * value
             tracker.update_state(value, sample_weight=batch)
         self.ce_tracker.update_state(ce, sample_weight=batch)

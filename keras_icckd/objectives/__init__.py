@@ -7,4 +7,6 @@ from keras_icckd.objectives.dcd import DCD
 from keras_icckd.objectives.dkd import DKD
 from keras_icckd.objectives.fitnet import FitNet
 from keras_icckd.objectives.kd import KD
+from keras_icckd.objectives.msdcrd import MSDCRD
+from keras_icckd.objectives.pckd import PCKD
 from keras_icckd.objectives.rkd import RKD

@@ -99,12 +99,24 @@ class Objective(keras.layers.Layer):
     `setup(student_shapes, teacher_shapes, context)`, called once by the `Distiller` with the
     output shapes the two backbones declare and what is known of the training data, so every
     variable exists before training starts (as jit on both backends requires).
-    `requires` names the extra inputs the data pipeline must supply; `data_options()` returns
-    the arguments of `data.make_train_dataset` that supply them.
+    `requires` names the extra inputs the objective needs: "index" and "contrast_index"
+    come from the data pipeline (`data_options()` returns the arguments of
+    `data.make_train_dataset` that supply them); "classifier" makes the `Distiller` add
+    `inputs["student_classifier"]` and `inputs["teacher_classifier"]`, (kernel, bias) pairs of
+    the two final Dense layers (the teacher's constant).
+    An objective with `views = V > 1` sees each image in V views: the `Distiller` runs both
+    networks once on `make_views(images)` (V*B images, the original batch first) and hands
+    this objective all V*B outputs, everything else (CE, metrics, other objectives) the
+    first B.
     """
 
     registry_name = None
     requires = ()
+    views = 1
+
+    def make_views(self, images):
+        """(B, ...) images -> (views * B, ...), the original batch first. Identity by default."""
+        return images
 
     def setup(self, student_shapes, teacher_shapes, context=None):
         """Creates and builds the objective's heads and state.
