@@ -70,6 +70,15 @@ flags.DEFINE_integer("diagnostic_examples", 1000,
 flags.DEFINE_enum("jit_compile", "auto", ("auto", "true", "false"),
                   "XLA compilation of the train step. auto: off on TensorFlow (faster on CPU), on for JAX.")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/tensorboard.")
+flags.DEFINE_string("model", None, "--mode=export: the student's .keras file (from --mode=student).")
+flags.DEFINE_list("export_quantizations", ["float32", "float16", "int8"],
+                  "--mode=export: TFLite files to write (float32, float16, int8).")
+flags.DEFINE_bool("export_int8_io", False, "--mode=export: int8 input/output tensors in the int8 file.")
+flags.DEFINE_integer("export_batch_size", 0, "--mode=export: fixed batch size of the TFLite files (0: dynamic).")
+flags.DEFINE_integer("representative_examples", 256,
+                     "--mode=export: class-balanced training images that calibrate int8.")
+flags.DEFINE_float("parity_tolerance", 1e-4,
+                   "--mode=export: largest allowed max |logit difference| of the float32 file.")
 
 flags.mark_flag_as_required("output_dir")
 
@@ -84,9 +93,18 @@ def validate_flags():
 
     from keras_icckd import objectives
 
+    from keras_icckd import export
+
     if FLAGS.mode == "export":
-        raise app.UsageError("--mode='export' is not available in this version; --mode=teacher and "
-                             "--mode=student are")
+        need(FLAGS.model and os.path.isfile(FLAGS.model) and FLAGS.model.endswith(".keras"), "model",
+             "an existing .keras file written by --mode=student")
+        need(FLAGS.export_quantizations and set(FLAGS.export_quantizations) <= set(export.QUANTIZATIONS)
+             and len(set(FLAGS.export_quantizations)) == len(FLAGS.export_quantizations),
+             "export_quantizations", f"distinct names from {', '.join(export.QUANTIZATIONS)}")
+        need(FLAGS.export_batch_size >= 0, "export_batch_size", ">= 0 (0: dynamic)")
+        need(FLAGS.representative_examples >= 1 or "int8" not in FLAGS.export_quantizations,
+             "representative_examples", ">= 1 when int8 is exported")
+        need(FLAGS.parity_tolerance > 0, "parity_tolerance", "> 0")
     need(FLAGS.arch in backbones.names(), "arch", f"one of {', '.join(backbones.names())}")
     if FLAGS.mode == "student":
         need(FLAGS.student_arch in backbones.names(), "student_arch",
@@ -313,10 +331,57 @@ def run(builder):
     print(f"curves:  {os.path.abspath(curves_path)}")
 
 
+def run_export():
+    """--mode=export: the --model student to TFLite files in output_dir, verified on test images."""
+    import numpy as np
+
+    from keras_icckd import data, export
+
+    try:
+        student = export.load_student(FLAGS.model)
+    except export.ExportError as e:
+        raise app.UsageError(f"--model={FLAGS.model!r}: {e}")
+    splits = load_splits()
+    shape, classes = tuple(student.input.shape[1:]), int(student.output["logits"].shape[-1])
+    if classes != splits.num_classes or shape != tuple(splits.train_images.shape[1:]):
+        raise app.UsageError(
+            f"--model={FLAGS.model!r} was trained for {classes} classes on {shape} images, but "
+            f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of "
+            f"{tuple(splits.train_images.shape[1:])} images")
+    mean, std = data.normalization_for(splits)
+
+    def normalise(images):
+        return (images.astype("float32") / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")
+
+    representative = None
+    if "int8" in FLAGS.export_quantizations:
+        n = min(FLAGS.representative_examples, len(splits.train_labels))
+        representative = normalise(splits.subset(max_train=n, seed=FLAGS.seed).train_images)
+    logging.info("exporting %s: verified on %d %s test images", FLAGS.model, len(splits.test_labels), splits.name)
+    try:
+        report = export.export_tflite(
+            student, FLAGS.output_dir, test_images=normalise(splits.test_images), test_labels=splits.test_labels,
+            representative_images=representative, quantizations=FLAGS.export_quantizations,
+            int8_io=FLAGS.export_int8_io, batch_size=FLAGS.export_batch_size or None,
+            parity_tolerance=FLAGS.parity_tolerance, normalization={"mean": list(mean), "std": list(std)})
+    except export.ExportError as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"Keras top-1 on {report['num_test']} {splits.name} test images: {report['keras_top1']:.2f}%")
+    print(f"{'file':<22} {'KB':>8} {'top-1 %':>8} {'drop':>6} {'agree %':>8} {'max|dz|':>9} {'ms/img':>7}")
+    for entry in report["files"].values():
+        print(f"{entry['file']:<22} {entry['size_kb']:8.1f} {entry['top1']:8.2f} {entry['top1_drop']:6.2f} "
+              f"{100 * entry['top1_agreement']:8.2f} {entry['max_abs_diff']:9.2e} {entry['latency_ms']:7.3f}")
+    print(f"report: {os.path.abspath(os.path.join(FLAGS.output_dir, 'export.json'))}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     validate_flags()
+    if FLAGS.mode == "export":
+        run_export()
+        return
     run({"teacher": build_teacher, "student": build_student}[FLAGS.mode])
 
 

@@ -90,7 +90,7 @@ def test_bad_student_inputs(teacher_run, tmp_path, args, message):
     (["--lr_decay_epochs=5,3"], "--lr_decay_epochs"),
     (["--dataset=cifar100"], "--data_dir=None is not allowed"),
     (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar'"),
-    (["--mode=export"], "--mode='export' is not available"),
+    (["--mode=export"], "--model=None is not allowed"),
     (["--no_such_flag=1"], "no_such_flag"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, args, message):

@@ -22,20 +22,9 @@ def _as_backbone(model, role):
 
 def load_teacher(path):
     """Loads a teacher from a .keras file written by keras_icckd; clear errors otherwise."""
-    import os
-    import zipfile
+    from keras_icckd.training import load_model_file
 
-    import keras_icckd  # noqa: F401  (registers the serialisable classes)
-
-    if not os.path.isfile(path):
-        raise ValueError(f"teacher file {path!r} does not exist")
-    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
-        raise ValueError(f"teacher file {path!r} is not a .keras model file")
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as e:  # noqa: BLE001  (Keras raises many types for foreign files)
-        raise ValueError(f"teacher file {path!r} could not be loaded as a keras_icckd model: {e}") from e
-    return _as_backbone(model, f"teacher in {path!r}")
+    return _as_backbone(load_model_file(path, "teacher file"), f"teacher in {path!r}")
 
 
 class EpochCounter(keras.callbacks.Callback):

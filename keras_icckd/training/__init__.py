@@ -5,5 +5,6 @@ from keras_icckd.training.callbacks import EpochTimer
 from keras_icckd.training.diagnostics import class_distance_stats
 from keras_icckd.training.outputs import atomic_save_model
 from keras_icckd.training.outputs import atomic_write_json
+from keras_icckd.training.outputs import load_model_file
 from keras_icckd.training.outputs import plot_curves
 from keras_icckd.training.schedules import epoch_step_decay

@@ -17,6 +17,9 @@ def _temp_beside(path, suffix):
 def _replace_or_remove(tmp, path, write):
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> the mode a plain open() would give
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -53,6 +56,27 @@ def atomic_save_model(model, path):
     if not path.endswith(".keras"):
         raise ValueError(f"model path {path!r} must end in .keras")
     _replace_or_remove(_temp_beside(path, ".keras"), path, model.save)
+
+
+def load_model_file(path, role, error=ValueError):
+    """Loads a .keras file written by keras_icckd, raising `error` with a clear message otherwise.
+
+    `role` names the file in messages ("teacher file", "model file").
+    """
+    import zipfile
+
+    import keras
+
+    import keras_icckd  # noqa: F401  (registers the serialisable classes)
+
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise error(f"{role} {path!r} does not exist")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        raise error(f"{role} {path!r} is not a .keras model file")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # noqa: BLE001  (Keras raises many types for foreign files)
+        raise error(f"{role} {path!r} could not be loaded as a keras_icckd model: {e}") from e
 
 
 def plot_curves(history, path, title=""):

@@ -1,0 +1,211 @@
+"""TFLite export: parity on real images, int8, fixed batches, JAX-trained models, bad input, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import REPO_ROOT, backend
+from keras_icckd import backbones, data, export
+from keras_icckd.models import ContrastiveTeacher
+
+RUN = os.path.join(REPO_ROOT, "experiments", "run.py")
+
+
+def normalise(images, splits):
+    mean, std = data.normalization_for(splits)
+    return (images.astype("float32") / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")
+
+
+@pytest.fixture(scope="module")
+def real():
+    """Real CIFAR-10 images (the bundled subset): 1000 to train on, 200 to verify on."""
+    splits = data.load("folder").subset(max_train=1000, max_test=200, seed=0)
+    return (normalise(splits.train_images, splits), splits.train_labels,
+            normalise(splits.test_images, splits), splits.test_labels)
+
+
+@pytest.fixture(scope="module")
+def student(real):
+    """A resnet8 trained for two epochs on real images, so that its logits mean something."""
+    keras.utils.set_random_seed(0)
+    model = backbones.get("resnet8", num_classes=10)
+    trainer = keras.Model(model.input, model.output["logits"])
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.fit(real[0], real[1], batch_size=64, epochs=2, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(student, real, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("export"))
+    report = export.export_tflite(student, out, test_images=real[2], test_labels=real[3],
+                                  representative_images=real[0][:100], latency_runs=5)
+    return out, report
+
+
+def op_names(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return {op["op_name"] for op in Interpreter(model_path=path)._get_ops_details()}
+
+
+def test_export_writes_three_verified_files(exported, real):
+    out, report = exported
+    assert sorted(os.listdir(out)) == ["export.json", "model_float16.tflite", "model_float32.tflite",
+                                       "model_int8.tflite"]
+    assert json.load(open(os.path.join(out, "export.json"))) == json.loads(json.dumps(report))
+    files = report["files"]
+    assert files["float32"]["max_abs_diff"] <= 1e-4
+    assert files["float32"]["top1_agreement"] == 1.0
+    assert files["float16"]["top1_agreement"] >= 0.97
+    assert files["int8"]["top1_agreement"] >= 0.8  # most of a real sample
+    assert abs(files["int8"]["top1_drop"]) <= 10.0
+    assert report["keras_top1"] > 15.0  # the model learnt something from real images
+    # sizes: float16 about half of float32, int8 about a quarter
+    assert files["float16"]["size_kb"] < 0.6 * files["float32"]["size_kb"]
+    assert files["int8"]["size_kb"] < 0.4 * files["float32"]["size_kb"]
+    assert report["trained_backend"] == backend()
+    for name in files:
+        ops = op_names(os.path.join(out, f"model_{name}.tflite"))
+        assert ops and not any(op.lower().startswith("flex") for op in ops), ops
+        assert files[name]["shape_signature"] == [-1, 32, 32, 3]  # dynamic batch
+        assert files[name]["latency_ms"] > 0
+
+
+def test_exported_file_runs_on_the_plain_interpreter_at_any_batch(exported, student, real):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=os.path.join(exported[0], "model_float32.tflite"))
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, [7, 32, 32, 3])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, real[2][:7])
+    interpreter.invoke()
+    logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = keras.ops.convert_to_numpy(student(real[2][:7], training=False)["logits"])
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_fixed_batch_and_int8_io(student, real, tmp_path):
+    report = export.export_tflite(student, str(tmp_path), test_images=real[2][:50], test_labels=real[3][:50],
+                                  representative_images=real[0][:50], quantizations=("float32", "int8"),
+                                  int8_io=True, batch_size=8, latency_runs=2)
+    assert report["files"]["float32"]["shape_signature"] == [8, 32, 32, 3]  # 50 = 6 x 8 + 2: padded
+    assert report["files"]["float32"]["max_abs_diff"] <= 1e-4
+    assert report["files"]["int8"]["input_dtype"] == "int8"
+    assert report["files"]["int8"]["top1_agreement"] >= 0.7
+    assert sorted(os.listdir(tmp_path)) == ["export.json", "model_float32.tflite", "model_int8.tflite"]
+
+
+_TRAIN_UNDER_JAX = textwrap.dedent("""
+    import sys
+    import keras, numpy as np
+    from keras_icckd import backbones
+    keras.utils.set_random_seed(0)
+    model = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
+    trainer = keras.Model(model.input, model.output["logits"])
+    trainer.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    trainer.fit(rng.normal(size=(32, 16, 16, 3)), np.arange(32) % 3, epochs=1, verbose=0)
+    assert keras.backend.backend() == "jax"
+    model.save(sys.argv[1])
+""")
+
+
+def test_a_model_trained_under_jax_exports(tmp_path):
+    path = str(tmp_path / "jax_student.keras")
+    env = dict(os.environ, KERAS_BACKEND="jax",
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, "-c", _TRAIN_UNDER_JAX, path], env=env, check=True, capture_output=True,
+                   timeout=300)
+    images = np.random.default_rng(1).normal(size=(20, 16, 16, 3)).astype("float32")
+    out = str(tmp_path / "out")
+    report = export.export_tflite(path, out, test_images=images, quantizations=("float32",), latency_runs=0)
+    assert report["files"]["float32"]["max_abs_diff"] <= 1e-4
+    assert os.path.getsize(os.path.join(out, "model_float32.tflite")) > 0
+
+
+# ---------------------------------------------------------------- bad input
+
+def assert_refused(tmp_path, message, model, **kwargs):
+    out = tmp_path / "out"
+    arguments = dict(test_images=np.zeros((4, 32, 32, 3), "float32"), latency_runs=0)
+    arguments.update(kwargs)
+    with pytest.raises(export.ExportError, match=message):
+        export.export_tflite(model, str(out), **arguments)
+    assert not out.exists() or not os.listdir(out), os.listdir(out)
+
+
+def test_bad_inputs_are_refused_and_leave_nothing(student, tmp_path):
+    text = tmp_path / "notes.keras"
+    text.write_text("not a zip")
+    assert_refused(tmp_path, "is not a .keras model file", str(text))
+    assert_refused(tmp_path, "does not exist", str(tmp_path / "missing.keras"))
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"\x89HDF")
+    assert_refused(tmp_path, "is not a .keras model file", str(h5))
+    assert_refused(tmp_path, "needs representative_images", student)  # int8 in the defaults
+    assert_refused(tmp_path, "quantizations", student, quantizations=("float32", "int4"))
+    assert_refused(tmp_path, "batch_size", student, quantizations=("float32",), batch_size=0)
+    assert_refused(tmp_path, "test_images must be", student, quantizations=("float32",),
+                   test_images=np.zeros((4, 16, 16, 3), "float32"))
+    assert_refused(tmp_path, "test_labels", student, quantizations=("float32",), test_labels=np.arange(3))
+    assert_refused(tmp_path, "expected a keras_icckd student backbone", keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_teacher_and_foreign_files_are_refused(tmp_path):
+    teacher = ContrastiveTeacher(backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3)), icc_cache_size=0)
+    teacher.save(str(tmp_path / "teacher.keras"))
+    assert_refused(tmp_path, "teacher training wrapper", str(tmp_path / "teacher.keras"))
+    foreign = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    foreign.save(str(tmp_path / "foreign.keras"))
+    assert_refused(tmp_path, "holds a Sequential", str(tmp_path / "foreign.keras"))
+
+
+def test_broken_float32_parity_fails_loudly_and_leaves_nothing(student, real, tmp_path):
+    # An impossible tolerance stands in for a conversion that changes the logits.
+    assert_refused(tmp_path, "float32 TFLite parity broken", student, quantizations=("float32", "float16"),
+                   test_images=real[2][:10], parity_tolerance=1e-12)
+
+
+# ---------------------------------------------------------------- the CLI
+
+def cli(args):
+    env = dict(os.environ, KERAS_BACKEND=backend(), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                          timeout=600)
+
+
+def test_cli_export_and_its_errors(student, tmp_path):
+    path = str(tmp_path / "student.keras")
+    student.save(path)
+    out = str(tmp_path / "export")
+    common = ["--mode=export", "--max_train_examples=200", "--max_test_examples=100",
+              "--representative_examples=50"]
+    result = cli([*common, f"--model={path}", f"--output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model_int8.tflite" in result.stdout and "Keras top-1 on 100" in result.stdout
+    report = json.load(open(os.path.join(out, "export.json")))
+    assert report["files"]["float32"]["max_abs_diff"] <= 1e-4 and report["num_test"] == 100
+    assert report["num_representative"] == 50 and report["normalization"]["mean"][0] == pytest.approx(0.4914)
+
+    teacher = ContrastiveTeacher(backbones.get("resnet8", num_classes=10), icc_cache_size=0)
+    teacher.save(str(tmp_path / "teacher.keras"))
+    for args, message in (
+            ([f"--model={tmp_path / 'teacher.keras'}"], "teacher training wrapper"),
+            ([f"--model={tmp_path / 'none.keras'}"], "is not allowed: expected an existing .keras file"),
+            ([f"--model={path}", "--export_quantizations=float32,int4"], "--export_quantizations"),
+            ([f"--model={path}", "--representative_examples=0"], "--representative_examples=0"),
+            ([f"--model={path}", "--dataset=synthetic", "--synthetic_classes=3"], "trained for 10 classes"),
+            ([f"--model={path}", "--parity_tolerance=1e-12"], "float32 TFLite parity broken")):
+        bad_out = str(tmp_path / "bad")
+        result = cli([*common, *args, f"--output_dir={bad_out}"])
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr[-2000:])
+        assert not os.path.exists(bad_out) or not os.listdir(bad_out)
