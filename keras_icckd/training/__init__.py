@@ -7,4 +7,6 @@ from keras_icckd.training.outputs import atomic_save_model
 from keras_icckd.training.outputs import atomic_write_json
 from keras_icckd.training.outputs import load_model_file
 from keras_icckd.training.outputs import plot_curves
+from keras_icckd.training.optimizers import TorchSGD
+from keras_icckd.training.schedules import EpochStepDecay
 from keras_icckd.training.schedules import epoch_step_decay
