@@ -46,9 +46,17 @@ flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
 flags.DEFINE_float("lr", 0.05, "Initial learning rate.")
 flags.DEFINE_list("lr_decay_epochs", ["150", "180", "210"], "Epochs at which lr is multiplied by --lr_decay_rate.")
 flags.DEFINE_float("lr_decay_rate", 0.1, "Step-decay factor.")
+flags.DEFINE_float("lr_warmup_epochs", 0, "Epochs of linear learning-rate warm-up (0: none).")
+flags.DEFINE_enum("optimizer", "torch_sgd", ("torch_sgd", "keras_sgd"),
+                  "torch_sgd: PyTorch's SGD (L2 weight decay added to the gradient before momentum, on "
+                  "every trainable weight), the published CIFAR recipe. keras_sgd: keras.optimizers.SGD "
+                  "(decoupled weight decay, about 10x weaker at momentum 0.9).")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (Keras SGD's decoupled form).")
+flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (coupled with torch_sgd, decoupled with keras_sgd).")
 flags.DEFINE_integer("seed", 0, "Seeds Python, NumPy, the backend and the data order.")
+flags.DEFINE_bool("resume", True,
+                  "Continue from output_dir/checkpoint.npz when it exists (same flags required); "
+                  "--noresume starts over.")
 flags.DEFINE_string("output_dir", None, "Where the run's files go (created if missing).")
 flags.DEFINE_float("icc_lambda", 0.05, "Weight of the intra-class contrastive loss; 0 gives a plain CE teacher.")
 flags.DEFINE_float("icc_delta", 0.5, "Margin threshold delta of the ICC margin mechanism.")
@@ -131,6 +139,7 @@ def validate_flags():
     need(0 < FLAGS.lr_decay_rate <= 1, "lr_decay_rate", "in (0, 1]")
     need(0 <= FLAGS.momentum < 1, "momentum", "in [0, 1)")
     need(FLAGS.weight_decay >= 0, "weight_decay", ">= 0")
+    need(0 <= FLAGS.lr_warmup_epochs <= FLAGS.epochs, "lr_warmup_epochs", "in [0, --epochs]")
     try:
         decay = [int(e) for e in FLAGS.lr_decay_epochs]
     except ValueError:
@@ -174,25 +183,31 @@ def flag_values():
     return {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
 
 
-def history_rows(history, epoch_seconds):
-    """Keras History -> one dict per epoch with top-1 in percent."""
-    rows = []
-    for i in range(len(history.get("loss", []))):
-        row = {"epoch": i + 1}
-        for key, values in history.items():
-            value = float(values[i])
-            if key == "accuracy":
-                row["train_top1"] = 100.0 * value
-            elif key == "val_accuracy":
-                row["test_top1"] = 100.0 * value
-            elif key.startswith("val_"):
-                row["test_" + key[4:]] = value
-            else:
-                row[key] = value
-        if i < len(epoch_seconds):
-            row["seconds"] = epoch_seconds[i]
-        rows.append(row)
-    return rows
+# Flags that do not change what is trained: a run may resume with different values.
+RESUMABLE_CHANGES = ("output_dir", "resume", "tensorboard", "jit_compile")
+
+
+def resume_point(path):
+    """(record, completed epochs) of the run's checkpoint, or (None, 0) for a fresh start."""
+    from keras_icckd import training
+
+    if not os.path.exists(path):
+        return None, 0
+    if not FLAGS.resume:
+        os.remove(path)
+        return None, 0
+    try:
+        record = training.read_checkpoint(path)[0]
+    except training.CheckpointError as e:
+        raise app.UsageError(f"{e}; delete it or pass --noresume to start over")
+    settings = {k: v for k, v in flag_values().items() if k not in RESUMABLE_CHANGES}
+    saved = {k: v for k, v in record.get("flags", {}).items() if k not in RESUMABLE_CHANGES}
+    changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
+    if changed:
+        diff = ", ".join(f"--{k}={saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} holds a checkpoint of a run with other "
+                             f"flags ({diff}); use another --output_dir, or --noresume to start over")
+    return record, int(record["epoch"])
 
 
 def build_teacher(splits, steps):
@@ -261,6 +276,8 @@ def run(builder):
     from keras_icckd import training
 
     start = time.time()
+    checkpoint_path = os.path.join(FLAGS.output_dir, "checkpoint.npz")
+    record, initial_epoch = resume_point(checkpoint_path)
     keras.utils.set_random_seed(FLAGS.seed)
     splits = load_splits()
     mean, std = data.normalization_for(splits)
@@ -270,20 +287,32 @@ def run(builder):
     steps = data.steps_per_epoch(num_train, FLAGS.batch_size)
     run_ = builder(splits, steps)
     model = run_["model"]
-    train_ds = data.make_train_dataset(
-        splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
-        std=std, views=run_["views"], epochs=FLAGS.epochs, **run_["data_options"])
+    train_ds = None
+    if initial_epoch < FLAGS.epochs:
+        train_ds = data.make_train_dataset(
+            splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
+            std=std, views=run_["views"], epochs=FLAGS.epochs, initial_epoch=initial_epoch,
+            **run_["data_options"])
     test_ds = data.make_eval_dataset(splits.test_images, splits.test_labels,
                                      FLAGS.eval_batch_size, mean=mean, std=std)
     logging.info("data: %s, %d train / %d test images, %d classes, %d view(s)", splits.name,
                  num_train, len(splits.test_labels), splits.num_classes, run_["views"])
     schedule = training.epoch_step_decay(
         FLAGS.lr, steps, [int(e) for e in FLAGS.lr_decay_epochs if int(e) < FLAGS.epochs],
-        FLAGS.lr_decay_rate)
+        FLAGS.lr_decay_rate, warmup_epochs=FLAGS.lr_warmup_epochs)
+    if FLAGS.optimizer == "torch_sgd":
+        optimizer = training.TorchSGD(schedule, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay)
+    else:
+        optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum,
+                                         weight_decay=FLAGS.weight_decay or None)
     jit = {"auto": keras.backend.backend() == "jax", "true": True, "false": False}[FLAGS.jit_compile]
-    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=FLAGS.momentum,
-                                                 weight_decay=FLAGS.weight_decay or None),
-                  jit_compile=jit)
+    model.compile(optimizer=optimizer, jit_compile=jit)
+    if record is not None:
+        try:
+            training.restore_checkpoint(model, checkpoint_path)
+        except training.CheckpointError as e:
+            raise app.UsageError(f"{e}; delete it or pass --noresume to start over")
+        logging.info("resuming %s after epoch %d of %d", FLAGS.output_dir, initial_epoch, FLAGS.epochs)
 
     callbacks = []
     if FLAGS.diagnostic_examples:
@@ -293,15 +322,24 @@ def run(builder):
                   / np.asarray(std, "float32"))
         callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], images, sample.test_labels,
                                                            FLAGS.eval_batch_size))
-    timer = training.EpochTimer()
-    callbacks.append(timer)
+    recorder = training.RunRecorder(checkpoint_path, history=record["history"] if record else (),
+                                    elapsed=record["elapsed"] if record else 0.0,
+                                    extra={"flags": flag_values()}, start=start)
+    callbacks += [training.StopOnNonFinite(), recorder]
     if FLAGS.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "tensorboard"),
                                                      write_graph=False))
-    history = model.fit(train_ds, epochs=FLAGS.epochs, steps_per_epoch=steps,
-                        validation_data=test_ds, callbacks=callbacks, shuffle=False,
-                        verbose=1 if sys.stdout.isatty() else 2)
-    rows = history_rows(history.history, timer.seconds)
+    if train_ds is not None:
+        try:
+            model.fit(train_ds, epochs=FLAGS.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                      validation_data=test_ds, callbacks=callbacks, shuffle=False,
+                      verbose=1 if sys.stdout.isatty() else 2)
+        except training.NonFiniteLossError as e:
+            last = f"{checkpoint_path} (after epoch {len(recorder.rows)})" if recorder.rows \
+                else "none (no epoch completed)"
+            print(f"training stopped: {e}. Last good checkpoint: {last}", file=sys.stderr)
+            sys.exit(1)
+    rows = recorder.rows
 
     model_path = os.path.join(FLAGS.output_dir, "model.keras")
     metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")
@@ -315,7 +353,7 @@ def run(builder):
         "normalization": {"mean": list(mean), "std": list(std)},
         "test_top1": tops[-1], "best_test_top1": max(tops), "best_epoch": 1 + tops.index(max(tops)),
         "history": rows, "flags": flag_values(), "backend": keras.backend.backend(),
-        "keras_version": keras.__version__, "wall_seconds": time.time() - start,
+        "keras_version": keras.__version__, "wall_seconds": recorder.elapsed,
     }
     if "teacher" in run_:
         logits = run_["teacher"].predict(test_ds, verbose=0)["logits"]

@@ -7,7 +7,9 @@ into students.
 
 Submodules: `backbones` (CIFAR ResNet/WRN/VGG/MobileNetV2/ShuffleNetV2 by name), `data`
 (sources and tf.data pipelines), `losses` (pure keras.ops functions), `models`
-(`ContrastiveTeacher`, `Distiller`), `objectives` (KD, DKD, RKD, FitNet, AT), `training` (callbacks and run outputs).
+(`ContrastiveTeacher`, `Distiller`), `objectives` (KD, DKD, RKD, FitNet, AT, CRD, DCD, PCKD,
+MSDCRD), `training` (`TorchSGD`, schedules, checkpoints, callbacks, crash-safe run outputs),
+`export` (TFLite).
 """
 
 __version__ = "0.1.0"
@@ -16,3 +18,4 @@ from keras_icckd import backbones  # noqa: E402,F401  (registers serializable cl
 from keras_icckd import losses  # noqa: E402,F401
 from keras_icckd import models  # noqa: E402,F401
 from keras_icckd import objectives  # noqa: E402,F401
+from keras_icckd import training  # noqa: E402,F401  (TorchSGD, EpochStepDecay)

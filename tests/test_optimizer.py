@@ -100,3 +100,27 @@ def test_epoch_step_decay_with_warmup():
     assert float(to_numpy(restored(4))) == pytest.approx(0.1 * 5 / 20)
     with pytest.raises(ValueError, match="warmup_epochs"):
         training.epoch_step_decay(0.1, 10, [], warmup_epochs=-1)
+
+
+def test_distiller_decays_student_and_heads_never_the_teacher():
+    from keras_icckd import backbones
+    from keras_icckd.models import Distiller
+
+    keras.utils.set_random_seed(0)
+    teacher = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
+    distiller = Distiller(backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3)), teacher,
+                          "kd:0.9,crd:0.8,dcd:1", num_train=16)
+    distiller.compile(optimizer=training.TorchSGD(1.0, momentum=0.0, weight_decay=0.5))
+    trainable = distiller.trainable_variables
+    assert not {id(v) for v in teacher.variables} & {id(v) for v in trainable}
+    names = " ".join(v.path for v in trainable)
+    for part in ("gamma", "beta", "bias", "embed_student", "dcd/log_scale"):  # BN, biases, heads, DCD temperature
+        assert part in names, part
+    for v in trainable:
+        v.assign(np.full(v.shape, 2.0, "float32"))
+    teacher_before = [to_numpy(v).copy() for v in teacher.variables]
+    distiller.optimizer.apply_gradients(zip([np.zeros(v.shape, "float32") for v in trainable], trainable))
+    for v in trainable:
+        np.testing.assert_allclose(to_numpy(v), 1.0, err_msg=v.path)
+    for v, before in zip(teacher.variables, teacher_before):
+        np.testing.assert_array_equal(to_numpy(v), before)

@@ -34,7 +34,8 @@ def test_teacher_run_writes_model_metrics_and_curves(teacher_run):
     out, result = teacher_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"model:   {out}/model.keras" in result.stdout
-    assert sorted(os.listdir(out)) == ["curves.png", "metrics.json", "model.keras", "tensorboard"]
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.json", "model.keras",
+                                       "tensorboard"]
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["backend"] == keras.backend.backend()
     assert metrics["flags"]["icc_lambda"] == 0.05 and metrics["flags"]["epochs"] == 2
@@ -99,3 +100,13 @@ def test_bad_flags_fail_before_any_work(tmp_path, args, message):
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(os.path.join(out, "metrics.json"))
+
+
+def test_diverging_run_stops_with_the_epoch_step_and_term_and_writes_nothing(tmp_path):
+    out = str(tmp_path / "nan")
+    result = run([*SMALL, "--lr=1e30", "--epochs=1", "--lr_decay_epochs=", f"--output_dir={out}"])
+    assert result.returncode == 1
+    line = [l for l in result.stderr.splitlines() if l.startswith("training stopped")]
+    assert line and "non-finite loss at epoch 1, step " in line[0], result.stderr[-2000:]
+    assert "ce=" in line[0] and "Last good checkpoint: none (no epoch completed)" in line[0]
+    assert not {"model.keras", "metrics.json", "checkpoint.npz"} & set(os.listdir(out))

@@ -1,7 +1,5 @@
 """Keras callbacks used by the runs."""
 
-import time
-
 import keras
 import numpy as np
 
@@ -35,18 +33,3 @@ class ClassDistanceDiagnostics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs.update(self.stats())
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Records the wall time of every epoch in `seconds` (training and validation)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-        self._start = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)

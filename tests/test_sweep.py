@@ -1,0 +1,71 @@
+"""experiments/sweep.py: flagfiles x seeds, one table, reuse of finished runs, failures reported."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+from helpers import REPO_ROOT
+
+SWEEP = os.path.join(REPO_ROOT, "experiments", "sweep.py")
+GOOD = """# python experiments/run.py --flagfile=this
+--mode=teacher
+--arch=resnet8
+--dataset=synthetic
+--synthetic_classes=3
+--synthetic_train_per_class=8
+--synthetic_test_per_class=2
+--batch_size=8
+--epochs=2
+--lr_decay_epochs=
+--icc_lambda=0
+--diagnostic_examples=0
+--notensorboard
+"""
+
+
+def sweep(*args):
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, SWEEP, *args], capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT, timeout=900)
+
+
+def test_sweep_runs_each_flagfile_per_seed_and_tabulates(tmp_path):
+    (tmp_path / "good.flags").write_text(GOOD)
+    (tmp_path / "bad.flags").write_text(GOOD.replace("--arch=resnet8", "--arch=resnet9"))
+    root = str(tmp_path / "sweep")
+    result = sweep(f"--flagfiles={tmp_path}/good.flags,{tmp_path}/bad.flags", "--seeds=0,1",
+                   f"--output_root={root}", "--set=lr=0.02")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "failed runs: bad_seed0, bad_seed1" in result.stderr
+    summary = json.load(open(os.path.join(root, "sweep.json")))
+    good = summary["settings"]["good"]
+    assert good["seeds"] == [0, 1] and summary["failed"] == ["bad_seed0", "bad_seed1"]
+    runs = [json.load(open(os.path.join(root, f"good_seed{s}", "metrics.json"))) for s in (0, 1)]
+    assert all(m["flags"]["lr"] == 0.02 for m in runs)  # the --set override reached run.py
+    last = np.array([m["test_top1"] for m in runs])
+    assert good["last_mean"] == np.mean(last) and np.isclose(good["last_std"], np.std(last, ddof=1))
+    assert good["best_epoch"] == [m["best_epoch"] for m in runs]
+    table = open(os.path.join(root, "sweep.md")).read()
+    assert f"| good | resnet8, lambda 0 (CE) | 0,1 | {np.mean(last):.2f} +- " in table
+    assert "| bad | (no finished run) |" in table
+
+    again = sweep(f"--flagfiles={tmp_path}/good*.flags", "--seeds=0,1", f"--output_root={root}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished before, reusing") == 2
+
+
+def test_sweep_rejects_bad_arguments_before_running(tmp_path):
+    for args, message in [
+        ([f"--flagfiles={tmp_path}/none*.flags"], "matches no file"),
+        ([f"--flagfiles={SWEEP}"], "is not a .flags file"),
+        ([f"--flagfiles={REPO_ROOT}/experiments/flags/quickstart.flags", "--seeds=0,x"], "--seeds="),
+        ([f"--flagfiles={REPO_ROOT}/experiments/flags/quickstart.flags", "--set=seed=3"], "sets --seed itself"),
+        ([f"--flagfiles={REPO_ROOT}/experiments/flags/quickstart.flags", "--set=lr"], "expected name=value"),
+    ]:
+        result = sweep(*args, f"--output_root={tmp_path}/out")
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr[-1000:])
+        assert not os.path.exists(tmp_path / "out" / "sweep.md")
