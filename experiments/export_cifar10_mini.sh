@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TFLite export of the reduced-protocol resnet8 students (experiments/distill_cifar10_mini.sh and
+# TFLite export of the reduced-protocol resnet8 students (experiments/reduced_protocol.sh and
 # experiments/distill_objectives_mini.sh, seed 0), each verified on the full CIFAR-10 test set
 # (10,000 real images); int8 calibrated on 256 training images. Prints a Markdown table.
 set -euo pipefail
@@ -10,7 +10,8 @@ export KERAS_BACKEND="${KERAS_BACKEND:-tensorflow}" TF_CPP_MIN_LOG_LEVEL=2
 students="${STUDENTS:-runs/distill_cifar10_mini}"
 out="${OUT:-runs/export_cifar10_mini}"
 data="${DATA:-../shared/datasets/cifar10-jpeg.tar.gz}"
-names=(kd_from_lambda0_delta0.5_seed0 kd_from_lambda0.05_delta0.5_seed0 rkd_seed0 dcd_seed0)
+names=(kd_from_lambda0_delta0.5_seed0 kd_from_lambda0.05_delta0.5_seed0 icc_rkd_seed0 dkd_seed0 rkd_seed0
+       dcd_seed0)
 for name in "${names[@]}"; do
   .venv/bin/python experiments/run.py --mode=export --model="$students/$name/model.keras" \
     --dataset=folder --data_dir="$data" --representative_examples=256 --output_dir="$out/$name"

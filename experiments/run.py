@@ -120,9 +120,10 @@ def validate_flags():
         need(FLAGS.teacher and os.path.isfile(FLAGS.teacher) and FLAGS.teacher.endswith(".keras"),
              "teacher", "an existing .keras file written by --mode=teacher")
         try:
-            objectives.parse(FLAGS.objectives)
+            parsed = objectives.parse(FLAGS.objectives)
         except ValueError as e:
             raise app.UsageError(f"--objectives={FLAGS.objectives!r} is not allowed: {e}")
+        need(parsed, "objectives", f"at least one of {', '.join(objectives.names())} as name:weight")
         need(FLAGS.ce_weight >= 0, "ce_weight", ">= 0")
     need(FLAGS.dataset != "tfds" or FLAGS.tfds_name, "tfds_name", "a TFDS name with --dataset=tfds")
     need(FLAGS.dataset not in ("cifar10", "cifar100") or FLAGS.data_dir, "data_dir",

@@ -1,0 +1,219 @@
+"""A table of bad inputs: each is refused with a clear message naming the problem, before any work.
+
+Flag cases go through run.py's own parser and validator in-process (the same code the command
+line runs; tests/test_run.py drives a sample of them through a real subprocess); API cases call
+the public constructors; file cases feed truncated or foreign files.
+"""
+
+import io
+import os
+import sys
+import tarfile
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from absl import app
+from absl import flags
+
+from helpers import REPO_ROOT
+from keras_icckd import backbones
+from keras_icckd import data
+from keras_icckd import objectives
+from keras_icckd import training
+from keras_icckd.models import ContrastiveTeacher
+from keras_icckd.models import Distiller
+from keras_icckd.models import load_teacher
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
+import run  # noqa: E402  (defines the flags)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("files")
+    net = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
+    teacher = str(root / "teacher.keras")
+    net.save(teacher)
+    text = root / "notes.keras"
+    text.write_text("not a model")
+    blocker = root / "a_file"
+    blocker.write_text("")
+    return {"teacher": teacher, "text": str(text), "blocker": str(blocker), "root": str(root)}
+
+
+def validate(argv, files):
+    """Parses argv with run.py's flags and runs its validator; returns the error message."""
+    values = flags.FlagValues()
+    for flag in run.FLAGS.get_flags_for_module(run):
+        values[flag.name] = flag
+    argv = [a.format(**files) for a in argv]
+    out = os.path.join(files["root"], "out")
+    try:
+        values(["run.py", f"--output_dir={out}", *argv])
+        saved, run.FLAGS = run.FLAGS, values
+        try:
+            run.validate_flags()
+        finally:
+            run.FLAGS = saved
+            for flag in run.FLAGS.get_flags_for_module(run):
+                flag.value = flag.default
+    except (app.UsageError, flags.Error) as e:
+        return str(e)
+    return None
+
+
+STUDENT = ["--mode=student", "--teacher={teacher}"]
+EXPORT = ["--mode=export", "--model={teacher}"]
+
+FLAG_CASES = [
+    (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of mobilenetv2,"),
+    ([*STUDENT, "--student_arch=resnet7"], "--student_arch='resnet7' is not allowed: expected one of"),
+    (["--dataset=imagenet"], "value should be one of <cifar10|cifar100|folder|tfds|synthetic>"),
+    (["--mode=train"], "value should be one of <teacher|student|export>"),
+    (["--optimizer=adam"], "value should be one of <torch_sgd|keras_sgd>"),
+    (["--epochs=0"], "--epochs=0 is not allowed: expected >= 1"),
+    (["--batch_size=-4"], "--batch_size=-4 is not allowed: expected >= 1"),
+    (["--eval_batch_size=0"], "--eval_batch_size=0 is not allowed"),
+    (["--synthetic_classes=0"], "--synthetic_classes=0 is not allowed"),
+    (["--max_train_examples=-1"], "--max_train_examples=-1 is not allowed: expected >= 0"),
+    (["--icc_cache_size=-5"], "--icc_cache_size=-5 is not allowed"),
+    (["--icc_lambda=-0.1"], "--icc_lambda=-0.1 is not allowed: expected >= 0"),
+    (["--icc_delta=1.5"], "--icc_delta=1.5 is not allowed: expected in [-1, 1] with --icc_margin_mode=gate"),
+    (["--icc_tau=0"], "--icc_tau=0.0 is not allowed: expected > 0"),
+    (["--icc_margin_mode=soft"], "value should be one of <gate|hinge|none>"),
+    (["--lr=0"], "--lr=0.0 is not allowed: expected > 0"),
+    (["--lr_decay_rate=1.5"], "--lr_decay_rate=1.5 is not allowed: expected in (0, 1]"),
+    (["--lr_decay_epochs=5,3"], "--lr_decay_epochs=['5', '3'] is not allowed: expected increasing integers"),
+    (["--lr_decay_epochs=ten"], "--lr_decay_epochs=['ten'] is not allowed"),
+    (["--lr_warmup_epochs=-1"], "--lr_warmup_epochs=-1.0 is not allowed: expected in [0, --epochs]"),
+    (["--momentum=1"], "--momentum=1.0 is not allowed: expected in [0, 1)"),
+    (["--weight_decay=-1e-4"], "--weight_decay=-0.0001 is not allowed: expected >= 0"),
+    (["--epochs=many"], "flag --epochs=many: invalid literal for int()"),
+    (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+    ([*STUDENT, "--objectives=kd:0.9,crd2:1"], "unknown name 'crd2'"),
+    ([*STUDENT, "--objectives=kd:x"], "--objectives='kd:x' is not allowed"),
+    ([*STUDENT, "--objectives="], "--objectives='' is not allowed"),
+    ([*STUDENT, "--ce_weight=-1"], "--ce_weight=-1.0 is not allowed: expected >= 0"),
+    (["--mode=student", "--teacher=/nonexistent/t.keras"], "--teacher='/nonexistent/t.keras' is not allowed"),
+    (["--mode=student"], "--teacher=None is not allowed"),
+    (["--dataset=cifar100"], "--data_dir=None is not allowed: expected a path with --dataset=cifar100"),
+    (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar' is not allowed"),
+    (["--dataset=tfds"], "--tfds_name=None is not allowed"),
+    (["--output_dir={blocker}/sub"], "is not writable"),
+    (["--mode=export"], "--model=None is not allowed"),
+    (["--mode=export", "--model={text}"], None),  # an existing .keras path passes here; loading refuses it
+    ([*EXPORT, "--export_quantizations=int4"], "--export_quantizations=['int4'] is not allowed"),
+    ([*EXPORT, "--export_quantizations=int8,int8"], "distinct names"),
+    ([*EXPORT, "--export_batch_size=-1"], "--export_batch_size=-1 is not allowed"),
+    ([*EXPORT, "--parity_tolerance=0"], "--parity_tolerance=0.0 is not allowed"),
+    ([*EXPORT, "--representative_examples=0"], "--representative_examples=0 is not allowed"),
+]
+
+
+@pytest.mark.parametrize("argv, message", FLAG_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_flag_is_refused_with_its_name_value_and_what_is_allowed(files, argv, message):
+    error = validate(argv, files)
+    if message is None:
+        assert error is None
+    else:
+        assert error is not None and message in error, error
+
+
+def test_a_flagfile_with_an_unknown_flag_is_refused(files, tmp_path):
+    flagfile = tmp_path / "bad.flags"
+    flagfile.write_text("--arch=resnet8\n--learning_rate=0.1\n")
+    assert "Unknown command line flag 'learning_rate'" in validate([f"--flagfile={flagfile}"], files)
+
+
+def _backbone(classes=3, shape=(16, 16, 3)):
+    return backbones.get("resnet8", num_classes=classes, input_shape=shape)
+
+
+API_CASES = [
+    (lambda: backbones.get("resnet9", num_classes=3), "resnet9"),
+    (lambda: ContrastiveTeacher(_backbone(), icc_tau=0), "icc_tau=0 is not allowed"),
+    (lambda: ContrastiveTeacher(_backbone(), icc_lambda=-1), "icc_lambda=-1 is not allowed"),
+    (lambda: ContrastiveTeacher(_backbone(), icc_margin_mode="soft"), "icc_margin_mode='soft' is not allowed"),
+    (lambda: ContrastiveTeacher(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])),
+     "backbone must be a keras_icckd backbone"),
+    (lambda: Distiller(_backbone(3), _backbone(5), "kd:1"), "teacher has 5 classes but the student has 3"),
+    (lambda: Distiller(_backbone(3), _backbone(3, (32, 32, 3)), "kd:1"), "teacher input shape"),
+    (lambda: Distiller(_backbone(), _backbone(), "kd:1", ce_weight=-1), "ce_weight=-1"),
+    (lambda: Distiller(_backbone(), _backbone(), "kd:1", num_train=0), "num_train=0"),
+    (lambda: Distiller(_backbone(), _backbone(), "crd:1"), "num_train"),
+    (lambda: objectives.parse("kd:-1"), "weight must be a finite number >= 0"),
+    (lambda: objectives.parse("kd:0.9,kd:1"), "objective 'kd' is given twice"),
+    (lambda: training.TorchSGD(momentum=1.0), "momentum=1.0: expected in [0, 1)"),
+    (lambda: training.TorchSGD(weight_decay=-1), "weight_decay=-1: expected >= 0"),
+    (lambda: training.epoch_step_decay(0.1, 10, [3, 2]), "decay_epochs=[3, 2]"),
+    (lambda: training.epoch_step_decay(0.1, 10, [2], decay_rate=0), "decay_rate=0"),
+    (lambda: data.make_train_dataset(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), 8, seed=0,
+                                     mean=(0.5,) * 3, std=(0.2,) * 3), "batch_size must be an integer between 1"),
+    (lambda: data.make_train_dataset(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), 2, seed=0,
+                                     mean=(0.5,) * 3, std=(0.2,) * 3, views=3), "views must be 1 or 2"),
+    (lambda: data.make_train_dataset(np.zeros((4, 8, 8, 3), np.float32), np.zeros(4), 2, seed=0,
+                                     mean=(0.5,) * 3, std=(0.2,) * 3), "images must be a uint8 array"),
+    (lambda: data.load("imagenet"), "Unknown data source 'imagenet'"),
+    (lambda: data.load("cifar10"), "needs data_dir"),
+]
+
+
+@pytest.mark.parametrize("make, message", API_CASES)
+def test_bad_api_argument_raises_value_error_naming_it(make, message):
+    with pytest.raises(ValueError) as info:
+        make()
+    assert message in str(info.value), str(info.value)
+
+
+def test_truncated_or_foreign_model_files_are_refused(files, tmp_path):
+    blob = open(files["teacher"], "rb").read()
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="is not a .keras model file"):
+        load_teacher(str(truncated))
+    foreign = tmp_path / "foreign.keras"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("config.json", '{"class_name": "Nothing"}')
+    with pytest.raises(ValueError, match="could not be loaded as a keras_icckd model"):
+        load_teacher(str(foreign))
+    with pytest.raises(ValueError, match="is not a .keras model file"):
+        load_teacher(files["text"])
+
+
+def _image_archive(path, bad=None):
+    """A split/class/image tar.gz of 2 classes; `bad` replaces the first training image's bytes."""
+    from PIL import Image
+
+    with tarfile.open(path, "w:gz") as tar:
+        for split in ("train", "test"):
+            for cls in ("cat", "dog"):
+                for i in range(2):
+                    buf = io.BytesIO()
+                    Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(buf, format="PNG")
+                    payload = buf.getvalue()
+                    if bad is not None and (split, cls, i) == ("train", "cat", 0):
+                        payload = bad
+                    info = tarfile.TarInfo(f"d/{split}/{cls}/{i}.png")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+
+
+def test_corrupt_dataset_archives_are_refused(tmp_path):
+    good = str(tmp_path / "good.tar.gz")
+    _image_archive(good)
+    assert data.load("folder", good).num_classes == 2
+    truncated = tmp_path / "truncated.tar.gz"
+    blob = open(good, "rb").read()
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(data.DataError, match="not a readable tar archive"):
+        data.load("folder", str(truncated))
+    wrong = str(tmp_path / "wrong.tar.gz")
+    _image_archive(wrong, bad=b"this is a text file, not a PNG image")
+    with pytest.raises(data.DataError, match="Cannot read image .*0.png"):
+        data.load("folder", wrong)
+
+
+def test_there_are_at_least_30_cases():
+    assert len(FLAG_CASES) + len(API_CASES) + 3 >= 30
