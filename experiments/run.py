@@ -192,6 +192,10 @@ def resume_point(path):
     """(record, completed epochs) of the run's checkpoint, or (None, 0) for a fresh start."""
     from keras_icckd import training
 
+    directory = os.path.dirname(path)
+    for name in os.listdir(directory):  # temp files of writes that a kill interrupted
+        if name.startswith(tuple(f".{n}." for n in ("checkpoint.npz", "model.keras", "metrics.json", "curves.png"))):
+            os.remove(os.path.join(directory, name))
     if not os.path.exists(path):
         return None, 0
     if not FLAGS.resume:
@@ -229,17 +233,37 @@ def build_teacher(splits, steps):
                 results={"arch": FLAGS.arch})
 
 
+KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100}
+_TEACHER = {}
+
+
+def load_student_teacher():
+    """--mode=student: the --teacher model, loaded once; checked against the dataset's class count
+    right away when the flags tell it (cifar10, cifar100, synthetic), before any data is read."""
+    from keras_icckd.models import load_teacher
+
+    if FLAGS.teacher not in _TEACHER:
+        try:
+            teacher = load_teacher(FLAGS.teacher)
+        except ValueError as e:
+            raise app.UsageError(f"--teacher={FLAGS.teacher!r}: {e}")
+        classes = int(teacher.output["logits"].shape[-1])
+        expected = KNOWN_CLASSES.get(FLAGS.dataset, FLAGS.synthetic_classes if FLAGS.dataset == "synthetic" else None)
+        if expected is not None and classes != expected:
+            raise app.UsageError(f"--teacher={FLAGS.teacher!r} was trained for {classes} classes, but "
+                                 f"--dataset={FLAGS.dataset} has {expected} classes")
+        _TEACHER[FLAGS.teacher] = teacher
+    return _TEACHER[FLAGS.teacher]
+
+
 def build_student(splits, steps):
     """--mode=student: a Distiller from the --teacher file into a --student_arch student."""
     import numpy as np
 
     from keras_icckd import backbones
-    from keras_icckd.models import Distiller, load_teacher
+    from keras_icckd.models import Distiller
 
-    try:
-        teacher = load_teacher(FLAGS.teacher)
-    except ValueError as e:
-        raise app.UsageError(f"--teacher={FLAGS.teacher!r}: {e}")
+    teacher = load_student_teacher()
     classes, shape = teacher.output["logits"].shape[-1], tuple(teacher.input.shape[1:])
     if classes != splits.num_classes or shape != tuple(splits.train_images.shape[1:]):
         raise app.UsageError(
@@ -421,6 +445,8 @@ def main(argv):
     if FLAGS.mode == "export":
         run_export()
         return
+    if FLAGS.mode == "student":
+        load_student_teacher()  # a foreign or mismatched teacher fails before any data is read
     run({"teacher": build_teacher, "student": build_student}[FLAGS.mode])
 
 
