@@ -77,6 +77,15 @@ flags.DEFINE_integer("diagnostic_examples", 1000,
                      "Held-out test images used for the per-epoch intra/inter-class distances (0: off).")
 flags.DEFINE_enum("jit_compile", "auto", ("auto", "true", "false"),
                   "XLA compilation of the train step. auto: off on TensorFlow (faster on CPU), on for JAX.")
+flags.DEFINE_enum("distribution", "none", ("none", "data_parallel", "model_parallel"),
+                  "Several devices through keras.distribution (JAX backend): data_parallel splits each "
+                  "batch over all devices; model_parallel also shards conv kernels over "
+                  "--model_parallel_size devices. Batch sizes and the test-set size must be multiples of "
+                  "the data-parallel device count.")
+flags.DEFINE_integer("model_parallel_size", 2, "--distribution=model_parallel: devices along the model axis.")
+flags.DEFINE_integer("num_processes", 1, "Multi-host JAX: processes in the job (one per host).")
+flags.DEFINE_integer("process_id", 0, "Multi-host JAX: this process's id in [0, --num_processes).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host JAX: host:port of process 0.")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/tensorboard.")
 flags.DEFINE_string("model", None, "--mode=export: the student's .keras file (from --mode=student).")
 flags.DEFINE_list("export_quantizations", ["float32", "float16", "int8"],
@@ -147,6 +156,15 @@ def validate_flags():
         decay = None
     need(decay is not None and all(e >= 1 for e in decay) and decay == sorted(set(decay)),
          "lr_decay_epochs", "increasing integers >= 1")
+    import keras
+
+    need(FLAGS.distribution == "none" or keras.backend.backend() == "jax", "distribution",
+         "none on the TensorFlow backend (data/model parallel runs need KERAS_BACKEND=jax; see BUILD.md)")
+    need(FLAGS.model_parallel_size >= 1, "model_parallel_size", ">= 1")
+    need(FLAGS.num_processes >= 1, "num_processes", ">= 1")
+    need(0 <= FLAGS.process_id < FLAGS.num_processes, "process_id", "in [0, --num_processes)")
+    need(FLAGS.num_processes == 1 or FLAGS.coordinator_address, "coordinator_address",
+         "host:port of process 0 when --num_processes > 1")
     need(FLAGS.icc_lambda >= 0, "icc_lambda", ">= 0")
     need(-1 <= FLAGS.icc_delta <= 1 or FLAGS.icc_margin_mode != "gate", "icc_delta",
          "in [-1, 1] with --icc_margin_mode=gate (a probability margin)")
@@ -185,21 +203,23 @@ def flag_values():
 
 
 # Flags that do not change what is trained: a run may resume with different values.
-RESUMABLE_CHANGES = ("output_dir", "resume", "tensorboard", "jit_compile")
+RESUMABLE_CHANGES = ("output_dir", "resume", "tensorboard", "jit_compile", "distribution", "model_parallel_size",
+                     "num_processes", "process_id", "coordinator_address")
 
 
 def resume_point(path):
     """(record, completed epochs) of the run's checkpoint, or (None, 0) for a fresh start."""
     from keras_icckd import training
 
-    directory = os.path.dirname(path)
-    for name in os.listdir(directory):  # temp files of writes that a kill interrupted
+    directory, writer = os.path.dirname(path), FLAGS.process_id == 0
+    for name in os.listdir(directory) if writer else ():  # temp files of writes that a kill interrupted
         if name.startswith(tuple(f".{n}." for n in ("checkpoint.npz", "model.keras", "metrics.json", "curves.png"))):
             os.remove(os.path.join(directory, name))
     if not os.path.exists(path):
         return None, 0
     if not FLAGS.resume:
-        os.remove(path)
+        if writer:
+            os.remove(path)
         return None, 0
     try:
         record = training.read_checkpoint(path)[0]
@@ -304,11 +324,25 @@ def run(builder):
     checkpoint_path = os.path.join(FLAGS.output_dir, "checkpoint.npz")
     record, initial_epoch = resume_point(checkpoint_path)
     keras.utils.set_random_seed(FLAGS.seed)
+    from keras_icckd.training import distribution
+
+    try:
+        distribution.initialize_multi_host(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        factor = distribution.configure(FLAGS.distribution, FLAGS.model_parallel_size)
+    except ValueError as e:
+        raise app.UsageError(f"--distribution={FLAGS.distribution!r}: {e}")
     splits = load_splits()
     mean, std = data.normalization_for(splits)
     num_train = len(splits.train_labels)
     if FLAGS.batch_size > num_train:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} is larger than the {num_train} training images")
+    sizes = {"batch_size": FLAGS.batch_size, "eval_batch_size": FLAGS.eval_batch_size,
+             "max_test_examples": len(splits.test_labels),
+             "diagnostic_examples": min(FLAGS.diagnostic_examples, len(splits.test_labels))}
+    for name, size in sizes.items():
+        if size % factor:
+            raise app.UsageError(f"--{name}: {size} is not a multiple of the {factor} data-parallel devices "
+                                 f"(--distribution={FLAGS.distribution}); every batch is split evenly")
     steps = data.steps_per_epoch(num_train, FLAGS.batch_size)
     run_ = builder(splits, steps)
     model = run_["model"]
@@ -347,11 +381,12 @@ def run(builder):
                   / np.asarray(std, "float32"))
         callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], images, sample.test_labels,
                                                            FLAGS.eval_batch_size))
-    recorder = training.RunRecorder(checkpoint_path, history=record["history"] if record else (),
+    writer = FLAGS.process_id == 0  # multi-host: process 0 writes, every process reads the checkpoint
+    recorder = training.RunRecorder(checkpoint_path if writer else None, history=record["history"] if record else (),
                                     elapsed=record["elapsed"] if record else 0.0,
                                     extra={"flags": flag_values()}, start=start)
     callbacks += [training.StopOnNonFinite(), recorder]
-    if FLAGS.tensorboard:
+    if FLAGS.tensorboard and writer:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "tensorboard"),
                                                      write_graph=False))
     if train_ds is not None:
@@ -365,6 +400,9 @@ def run(builder):
             print(f"training stopped: {e}. Last good checkpoint: {last}", file=sys.stderr)
             sys.exit(1)
     rows = recorder.rows
+    if not writer:
+        print(f"process {FLAGS.process_id}: training done; process 0 writes the outputs")
+        return
 
     model_path = os.path.join(FLAGS.output_dir, "model.keras")
     metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")

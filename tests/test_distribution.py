@@ -1,0 +1,105 @@
+"""Several devices through keras.distribution: one step on 4 (virtual CPU) devices gives the same
+loss and weights as the same global batch on 1 device, for the ICC teacher and the Distiller."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import pytest
+
+from helpers import REPO_ROOT
+from keras_icckd import training
+from keras_icckd.training import distribution
+
+SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import keras, numpy as np
+    from keras_icckd import backbones, data, training
+    from keras_icckd.models import ContrastiveTeacher, Distiller
+    from keras_icckd.training import distribution
+
+    assert len(keras.distribution.list_devices()) == 4
+    splits = data.make_synthetic(num_classes=3, train_per_class=16, test_per_class=4, image_shape=(16, 16, 3))
+
+    def build(kind):
+        keras.utils.set_random_seed(0)
+        net = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
+        if kind == "teacher":
+            return ContrastiveTeacher(net, icc_cache_size=16, icc_delta=-1.0), {}, 2
+        keras.utils.set_random_seed(1)
+        teacher = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
+        model = Distiller(net, teacher, "kd:0.9,crd:0.8", num_train=48)
+        return model, model.data_options(), 1
+
+    def train(kind, mode, size=1):
+        factor = distribution.configure(mode, model_parallel_size=size)
+        model, options, views = build(kind)
+        model.compile(optimizer=training.TorchSGD(0.05), jit_compile=True)
+        ds = data.make_train_dataset(splits.train_images, splits.train_labels, 16, seed=0, mean=(0.5,) * 3,
+                                     std=(0.25,) * 3, views=views, epochs=1, **options)
+        history = model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0).history
+        sharding = str(getattr(model.trainable_variables[0].value, "sharding", ""))
+        return factor, history["loss"][0], [keras.ops.convert_to_numpy(v) for v in model.variables], sharding
+
+    for kind, mode, size in [("teacher", "data_parallel", 1), ("distiller", "data_parallel", 1),
+                             ("teacher", "model_parallel", 2)]:
+        _, loss1, weights1, _ = train(kind, "none")
+        factor, loss4, weights4, sharding = train(kind, mode, size)
+        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights1, weights4))
+        print(f"RESULT {kind} {mode} factor={factor} loss1={loss1:.6f} loss4={loss4:.6f} diff={diff:.2e} {sharding}")
+        assert factor == 4 // size, factor
+        assert abs(loss1 - loss4) <= 1e-5 * max(1.0, abs(loss1)), (kind, mode, loss1, loss4)
+        assert diff <= 1e-4, (kind, mode, diff)
+        assert ("'batch': 4" in sharding) if mode == "data_parallel" else ("'model'" in sharding), sharding
+    print("ALL OK")
+""")
+
+
+def test_multi_device_step_matches_one_device():
+    if keras.backend.backend() != "jax":
+        # TensorFlow: refused with a clear message (MirroredStrategy mis-trains these models).
+        with pytest.raises(ValueError, match="needs the JAX backend"):
+            distribution.configure("data_parallel")
+        assert distribution.configure("none") == 1
+        return
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
+                            cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def test_bad_distribution_arguments():
+    with pytest.raises(ValueError, match="expected one of none, data_parallel, model_parallel"):
+        distribution.configure("pipeline")
+    with pytest.raises(ValueError, match="process_id=2 must be in"):
+        distribution.initialize_multi_host("host:1234", 2, 2)
+    with pytest.raises(ValueError, match="coordinator"):
+        distribution.initialize_multi_host(None, 2, 0)
+    distribution.initialize_multi_host(None, 1, 0)  # one process: nothing to join
+
+
+def test_run_py_trains_data_parallel_on_jax_and_refuses_it_on_tensorflow(tmp_path):
+    out = str(tmp_path / "run")
+    args = ["--dataset=synthetic", "--synthetic_classes=3", "--synthetic_train_per_class=16",
+            "--synthetic_test_per_class=4", "--arch=resnet8", "--batch_size=8", "--epochs=1",
+            "--lr_decay_epochs=", "--icc_cache_size=16", "--diagnostic_examples=12", "--notensorboard",
+            "--distribution=data_parallel", f"--output_dir={out}"]
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="2",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    run = [sys.executable, os.path.join(REPO_ROOT, "experiments", "run.py")]
+    result = subprocess.run([*run, *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
+    if keras.backend.backend() != "jax":
+        assert result.returncode != 0
+        assert "--distribution='data_parallel' is not allowed: expected none on the TensorFlow backend" \
+            in result.stderr, result.stderr[-2000:]
+        assert not os.path.exists(os.path.join(out, "metrics.json"))
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(os.path.join(out, "model.keras"))
+    bad = subprocess.run([*run, *args, "--batch_size=6", "--noresume"], capture_output=True, text=True,
+                         env=env, cwd=REPO_ROOT, timeout=600)
+    assert bad.returncode != 0
+    assert "--batch_size: 6 is not a multiple of the 4 data-parallel devices" in bad.stderr, bad.stderr[-2000:]
