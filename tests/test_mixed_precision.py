@@ -1,0 +1,56 @@
+"""Mixed precision (mixed_float16 / mixed_bfloat16): teacher and Distiller train with float32
+variables and float32 losses, computing in the low-precision type."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_icckd import backbones
+from keras_icckd import data
+from keras_icckd import training
+from keras_icckd.models import ContrastiveTeacher
+from keras_icckd.models import Distiller
+
+SPLITS = data.make_synthetic(num_classes=3, train_per_class=8, test_per_class=2, image_shape=(16, 16, 3))
+
+
+@pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])
+def policy(request):
+    keras.config.set_dtype_policy(request.param)
+    try:
+        yield request.param
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def fit(model, epochs=1, **options):
+    ds = data.make_train_dataset(SPLITS.train_images, SPLITS.train_labels, 8, seed=0, mean=(0.5,) * 3,
+                                 std=(0.25,) * 3, epochs=epochs, **options)
+    history = model.fit(ds, epochs=epochs, steps_per_epoch=3, verbose=0).history
+    return {k: v[-1] for k, v in history.items()}
+
+
+def test_teacher_and_distiller_train_in_mixed_precision(policy):
+    keras.utils.set_random_seed(0)
+    net = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
+    compute = policy.split("_")[1]
+    assert net.output["logits"].dtype == compute and all(v.dtype == "float32" for v in net.variables)
+    teacher = ContrastiveTeacher(net, icc_cache_size=16, icc_delta=-1.0)
+    teacher.compile(optimizer=training.TorchSGD(0.05))
+    logs = fit(teacher, views=2)
+    assert all(np.isfinite(v) for v in logs.values()), logs
+    assert logs["intra"] > 0 and teacher.cache.features.dtype == "float32"
+    distiller = Distiller(backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3)), net,
+                          "kd:0.9,rkd:1,crd:0.8,dcd:1,at:1000,fitnet:100", num_train=len(SPLITS.train_labels))
+    distiller.compile(optimizer=training.TorchSGD(0.05))
+    before = [keras.ops.convert_to_numpy(v).copy() for v in distiller.student.trainable_variables]
+    # float16: the first steps overflow at Keras' initial loss scale 2^15 and are skipped while the
+    # scale halves, so give it a few epochs.
+    logs = fit(distiller, epochs=3, **distiller.data_options())
+    assert all(np.isfinite(v) for v in logs.values()), logs
+    for name in ("kd_loss", "rkd_loss", "crd_loss", "dcd_loss", "at_loss", "fitnet_loss"):
+        assert logs[name] > 0, name
+    after = distiller.student.trainable_variables
+    assert any(not np.array_equal(b, keras.ops.convert_to_numpy(a)) for b, a in zip(before, after))
+    if policy == "mixed_float16":  # Keras adds dynamic loss scaling for float16
+        assert type(distiller.optimizer).__name__ == "LossScaleOptimizer"
