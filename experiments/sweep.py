@@ -27,8 +27,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import summarize  # noqa: E402
 
-from keras_icckd.training import atomic_write_json  # noqa: E402
-
 FLAGS = flags.FLAGS
 flags.DEFINE_list("flagfiles", None, "Flagfiles of run.py, or glob patterns of them, in run order.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every flagfile runs once per seed.")
@@ -91,6 +89,8 @@ def sweep_table(groups):
 
 
 def write_outputs(root, groups, failed, command):
+    from keras_icckd.training import atomic_write_json  # imports Keras: only once there is a table
+
     text, summary = sweep_table(groups)
     body = [f"# Sweep {os.path.basename(os.path.normpath(root))}", "", f"Command: `{command}`", "",
             "Test top-1 over seeds: mean +- sample std; best = the best epoch of each run.", "", text]

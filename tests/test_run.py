@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -108,5 +109,7 @@ def test_diverging_run_stops_with_the_epoch_step_and_term_and_writes_nothing(tmp
     assert result.returncode == 1
     line = [l for l in result.stderr.splitlines() if l.startswith("training stopped")]
     assert line and "non-finite loss at epoch 1, step " in line[0], result.stderr[-2000:]
-    assert "ce=" in line[0] and "Last good checkpoint: none (no epoch completed)" in line[0]
+    # The term that overflows first (ce or the intra-class loss) differs between backends.
+    assert re.search(r"step \d+: (ce|intra)=(nan|inf|-inf)", line[0]), line[0]
+    assert "Last good checkpoint: none (no epoch completed)" in line[0]
     assert not {"model.keras", "metrics.json", "checkpoint.npz"} & set(os.listdir(out))
