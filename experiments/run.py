@@ -371,7 +371,11 @@ def run(builder):
             training.restore_checkpoint(model, checkpoint_path)
         except training.CheckpointError as e:
             raise app.UsageError(f"{e}; delete it or pass --noresume to start over")
-        logging.info("resuming %s after epoch %d of %d", FLAGS.output_dir, initial_epoch, FLAGS.epochs)
+        if initial_epoch < FLAGS.epochs:
+            logging.info("resuming %s after epoch %d of %d", FLAGS.output_dir, initial_epoch, FLAGS.epochs)
+        else:
+            logging.info("%s holds a finished run (%d epochs): writing its outputs again without training; "
+                         "--noresume trains it anew", FLAGS.output_dir, FLAGS.epochs)
 
     callbacks = []
     if FLAGS.diagnostic_examples:
