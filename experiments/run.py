@@ -198,6 +198,23 @@ def load_splits():
     return splits
 
 
+def normalise(images, mean, std):
+    """uint8 images -> float32 (pixels / 255 - mean) / std, as the input pipeline feeds them."""
+    import numpy as np
+
+    return (images.astype("float32") / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")
+
+
+def check_fits_data(flag, model, splits):
+    """Refuses a --teacher / --model whose classes or input shape differ from the dataset's."""
+    classes, shape = int(model.output["logits"].shape[-1]), tuple(model.input.shape[1:])
+    data_shape = tuple(splits.train_images.shape[1:])
+    if classes != splits.num_classes or shape != data_shape:
+        raise app.UsageError(
+            f"--{flag}={getattr(FLAGS, flag)!r} was trained for {classes} classes on {shape} images, but "
+            f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of {data_shape} images")
+
+
 def flag_values():
     return {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
 
@@ -278,18 +295,11 @@ def load_student_teacher():
 
 def build_student(splits, steps):
     """--mode=student: a Distiller from the --teacher file into a --student_arch student."""
-    import numpy as np
-
     from keras_icckd import backbones
     from keras_icckd.models import Distiller
 
     teacher = load_student_teacher()
-    classes, shape = teacher.output["logits"].shape[-1], tuple(teacher.input.shape[1:])
-    if classes != splits.num_classes or shape != tuple(splits.train_images.shape[1:]):
-        raise app.UsageError(
-            f"--teacher={FLAGS.teacher!r} was trained for {classes} classes on {shape} images, but "
-            f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of "
-            f"{tuple(splits.train_images.shape[1:])} images")
+    check_fits_data("teacher", teacher, splits)
     student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes,
                             input_shape=splits.train_images.shape[1:])
     try:
@@ -381,9 +391,8 @@ def run(builder):
     if FLAGS.diagnostic_examples:
         n = min(FLAGS.diagnostic_examples, len(splits.test_labels))
         sample = splits.subset(max_test=n, seed=FLAGS.seed)
-        images = ((sample.test_images.astype("float32") / 255.0 - np.asarray(mean, "float32"))
-                  / np.asarray(std, "float32"))
-        callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], images, sample.test_labels,
+        callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], normalise(sample.test_images, mean, std),
+                                                           sample.test_labels,
                                                            FLAGS.eval_batch_size))
     writer = FLAGS.process_id == 0  # multi-host: process 0 writes, every process reads the checkpoint
     recorder = training.RunRecorder(checkpoint_path if writer else None, history=record["history"] if record else (),
@@ -438,8 +447,6 @@ def run(builder):
 
 def run_export():
     """--mode=export: the --model student to TFLite files in output_dir, verified on test images."""
-    import numpy as np
-
     from keras_icckd import data, export
 
     try:
@@ -447,25 +454,16 @@ def run_export():
     except export.ExportError as e:
         raise app.UsageError(f"--model={FLAGS.model!r}: {e}")
     splits = load_splits()
-    shape, classes = tuple(student.input.shape[1:]), int(student.output["logits"].shape[-1])
-    if classes != splits.num_classes or shape != tuple(splits.train_images.shape[1:]):
-        raise app.UsageError(
-            f"--model={FLAGS.model!r} was trained for {classes} classes on {shape} images, but "
-            f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of "
-            f"{tuple(splits.train_images.shape[1:])} images")
+    check_fits_data("model", student, splits)
     mean, std = data.normalization_for(splits)
-
-    def normalise(images):
-        return (images.astype("float32") / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")
-
     representative = None
     if "int8" in FLAGS.export_quantizations:
         n = min(FLAGS.representative_examples, len(splits.train_labels))
-        representative = normalise(splits.subset(max_train=n, seed=FLAGS.seed).train_images)
+        representative = normalise(splits.subset(max_train=n, seed=FLAGS.seed).train_images, mean, std)
     logging.info("exporting %s: verified on %d %s test images", FLAGS.model, len(splits.test_labels), splits.name)
     try:
         report = export.export_tflite(
-            student, FLAGS.output_dir, test_images=normalise(splits.test_images), test_labels=splits.test_labels,
+            student, FLAGS.output_dir, test_images=normalise(splits.test_images, mean, std), test_labels=splits.test_labels,
             representative_images=representative, quantizations=FLAGS.export_quantizations,
             int8_io=FLAGS.export_int8_io, batch_size=FLAGS.export_batch_size or None,
             parity_tolerance=FLAGS.parity_tolerance, normalization={"mean": list(mean), "std": list(std)})

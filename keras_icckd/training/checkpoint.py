@@ -12,7 +12,6 @@ produces exactly the batches epoch e would have seen), restoring a checkpoint an
 `fit(..., initial_epoch=e)` continues the run as if it had never stopped.
 """
 
-import io
 import json
 import math
 import os
@@ -64,9 +63,7 @@ def save_checkpoint(model, path, record):
 def read_checkpoint(path):
     """(record, list of arrays, signature) of a checkpoint; CheckpointError when unreadable."""
     try:
-        with open(path, "rb") as f:
-            blob = f.read()
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != FORMAT:
                 raise CheckpointError(f"checkpoint {path!r} has format {meta.get('format')!r}, "
