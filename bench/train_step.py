@@ -23,7 +23,7 @@ speed falls on all of them alike. Reported: images/s = batch / median step time,
 interquartile range of the step times relative to the median (rel_iqr).
 For teacher steps an "image" is one training example, whatever its number of views.
 
-Modes, each in its own subprocess, one after the other in this invocation: "tf" (TensorFlow
+Modes, for each group in turn, each group in a fresh subprocess: "tf" (TensorFlow
 backend, jit_compile=False), "tf_xla" (TensorFlow, jit_compile=True), "jax" (JAX backend, jit),
 "torch" (bench/torch_reference.py: the same CIFAR ResNets, "ce1", "ce2" and "kd" steps in
 PyTorch; needs bench/requirements.txt). Prints a table with the ratios the targets are stated in
@@ -182,7 +182,8 @@ def keras_worker(args):
 
 # ---------------------------------------------------------------- the driver
 
-def run_mode(mode, cases, args, workdir):
+def run_group(mode, cases, args, workdir):
+    """Measures one group of cases (one teacher, one batch size) in a fresh worker process."""
     cases = [c for c in cases if mode != "torch" or c["step"] in TORCH_STEPS]
     if not cases:
         return {"meta": {}, "rows": []}
@@ -199,14 +200,11 @@ def run_mode(mode, cases, args, workdir):
                    f"--steps_per_round={args.steps_per_round}", f"--dtype_policy={args.dtype_policy}"]
     env = dict(os.environ, KERAS_BACKEND="jax" if mode == "jax" else "tensorflow",
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    start = time.time()
     result = subprocess.run(command, env=env, cwd=ROOT)
     if result.returncode:
         raise SystemExit(f"the {mode} measurements failed (exit {result.returncode}); command: {' '.join(command)}")
     with open(out_path) as f:
-        out = json.load(f)
-    out["meta"]["wall_s"] = time.time() - start
-    return out
+        return json.load(f)
 
 
 def _key(row):
@@ -325,12 +323,16 @@ def main():
             raise SystemExit("mode 'torch' needs PyTorch: pip install -r bench/requirements.txt "
                              "(or leave torch out of --modes)")
     cases = make_cases(pairs, batch_sizes, steps)
-    results, rows = {}, []
+    results, rows = {mode: {"meta": {}} for mode in modes}, []
     start = time.time()
     with tempfile.TemporaryDirectory() as workdir:
-        for mode in modes:
-            results[mode] = run_mode(mode, cases, args, workdir)
-            rows += results[mode]["rows"]
+        # Group by group, every mode in turn: each mode's figures for a group are taken minutes apart.
+        for group in timing.groups(cases):
+            for mode in modes:
+                out = run_group(mode, group, args, workdir)
+                results[mode]["meta"].update(out["meta"])
+                rows += out["rows"]
+    rows.sort(key=lambda r: modes.index(r["mode"]))  # stable: each mode's rows keep the case order
     params = {}
     for r in rows:
         params.setdefault(_key(r), {})[r["mode"]] = r["params"]
@@ -345,7 +347,7 @@ def main():
           f"after {args.warmup} warm-up; total {time.time() - start:.0f} s\n")
     print(markdown(lines))
     if mismatched:
-        print(f"\nWARNING: trainable parameter counts differ between modes: {mismatched}")
+        print(f"\nERROR: the networks differ between modes (trainable parameters): {mismatched}")
     print()
     for c in checks:
         print(f"{'MET ' if c['ok'] else 'MISS'} {c['target']}: {c['mode']} {c.get('student') or ''}"
@@ -358,6 +360,8 @@ def main():
                        "steps_per_round": args.steps_per_round, "warmup": args.warmup, "rows": rows, "checks": checks,
                        "param_mismatch": mismatched}, f, indent=1)
         os.replace(tmp, args.json)
+    if mismatched:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

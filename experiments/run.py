@@ -77,6 +77,10 @@ flags.DEFINE_integer("diagnostic_examples", 1000,
                      "Held-out test images used for the per-epoch intra/inter-class distances (0: off).")
 flags.DEFINE_enum("jit_compile", "auto", ("auto", "true", "false"),
                   "XLA compilation of the train step. auto: off on TensorFlow (faster on CPU), on for JAX.")
+flags.DEFINE_enum("dtype_policy", "float32", ("float32", "mixed_float16", "mixed_bfloat16"),
+                  "Keras dtype policy of --mode=teacher/student training: mixed_* compute in float16 / "
+                  "bfloat16 with float32 variables and float32 losses (mixed_float16 adds dynamic loss "
+                  "scaling). Pays off on GPUs/TPUs; slower on CPU. Exports are always float32.")
 flags.DEFINE_enum("distribution", "none", ("none", "data_parallel", "model_parallel"),
                   "Several devices through keras.distribution (JAX backend): data_parallel splits each "
                   "batch over all devices; model_parallel also shards conv kernels over "
@@ -485,6 +489,9 @@ def main(argv):
     if FLAGS.mode == "export":
         run_export()
         return
+    import keras
+
+    keras.config.set_dtype_policy(FLAGS.dtype_policy)
     if FLAGS.mode == "student":
         load_student_teacher()  # a foreign or mismatched teacher fails before any data is read
     run({"teacher": build_teacher, "student": build_student}[FLAGS.mode])

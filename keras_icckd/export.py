@@ -69,11 +69,31 @@ def _as_student(model):
     from keras_icckd.backbones.base import Backbone
 
     if isinstance(model, str):
-        return load_student(model)
+        model = load_student(model)
     if not isinstance(model, Backbone):
         raise ExportError(f"expected a keras_icckd student backbone or the path of its .keras file; "
                           f"got {type(model).__name__}")
-    return model
+    return float32_copy(model)
+
+
+def float32_copy(student):
+    """The student itself when it computes in float32, else a float32 rebuild with its weights.
+
+    A student trained under a mixed dtype policy (mixed_float16 / mixed_bfloat16) keeps float32
+    variables but computes in 16 bits; exports (and their parity checks) use float32 compute.
+    """
+    import keras
+
+    if all(layer.compute_dtype in (None, "float32") for layer in student.layers):
+        return student
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = type(student).from_config(student.get_config())
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(student.get_weights())
+    return copy
 
 
 def keras_logits(student, images, batch_size=256):

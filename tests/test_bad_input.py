@@ -73,6 +73,7 @@ FLAG_CASES = [
     (["--dataset=imagenet"], "value should be one of <cifar10|cifar100|folder|tfds|synthetic>"),
     (["--mode=train"], "value should be one of <teacher|student|export>"),
     (["--optimizer=adam"], "value should be one of <torch_sgd|keras_sgd>"),
+    (["--dtype_policy=float16"], "value should be one of <float32|mixed_float16|mixed_bfloat16>"),
     (["--epochs=0"], "--epochs=0 is not allowed: expected >= 1"),
     (["--batch_size=-4"], "--batch_size=-4 is not allowed: expected >= 1"),
     (["--eval_batch_size=0"], "--eval_batch_size=0 is not allowed"),

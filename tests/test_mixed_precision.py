@@ -7,6 +7,7 @@ import pytest
 
 from keras_icckd import backbones
 from keras_icckd import data
+from keras_icckd import export
 from keras_icckd import training
 from keras_icckd.models import ContrastiveTeacher
 from keras_icckd.models import Distiller
@@ -54,3 +55,21 @@ def test_teacher_and_distiller_train_in_mixed_precision(policy):
     assert any(not np.array_equal(b, keras.ops.convert_to_numpy(a)) for b, a in zip(before, after))
     if policy == "mixed_float16":  # Keras adds dynamic loss scaling for float16
         assert type(distiller.optimizer).__name__ == "LossScaleOptimizer"
+
+
+def test_a_mixed_precision_student_exports_in_float32(policy, tmp_path):
+    keras.utils.set_random_seed(0)
+    student = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
+    images = np.random.default_rng(0).normal(size=(6, 16, 16, 3)).astype("float32")
+    low = keras.ops.convert_to_numpy(student(images, training=False)["logits"]).astype("float32")
+    copy = export.float32_copy(student)
+    assert copy is not student and all(layer.compute_dtype == "float32" for layer in copy.layers)
+    assert keras.config.dtype_policy().name == policy  # the global policy is left as it was
+    for a, b in zip(student.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    high = keras.ops.convert_to_numpy(copy(images, training=False)["logits"])
+    assert 0 < np.max(np.abs(high - low)) < 0.1  # the same network, computed at two precisions
+    assert export.float32_copy(copy) is copy
+    report = export.export_tflite(student, str(tmp_path), test_images=images, quantizations=("float32",),
+                                  latency_runs=1)
+    assert report["files"]["float32"]["max_abs_diff"] < 1e-4  # against the float32 computation

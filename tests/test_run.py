@@ -52,12 +52,15 @@ def test_teacher_run_writes_model_metrics_and_curves(teacher_run):
 
 
 def test_student_run_distils_from_the_teacher_file(teacher_run, tmp_path):
+    # The float32 teacher's student trains under mixed_bfloat16 (saved with float32 weights).
     teacher = os.path.join(teacher_run[0], "model.keras")
     out = os.path.join(tmp_path, "student")
     result = run([*SMALL, "--mode=student", f"--teacher={teacher}", "--student_arch=resnet8",
-                  "--objectives=kd:0.9,rkd:1", "--ce_weight=0.1", f"--output_dir={out}"])
+                  "--objectives=kd:0.9,rkd:1", "--ce_weight=0.1", "--dtype_policy=mixed_bfloat16",
+                  f"--output_dir={out}"])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["flags"]["dtype_policy"] == "mixed_bfloat16"
     assert metrics["mode"] == "student" and metrics["objectives"] == {"kd": 0.9, "rkd": 1.0}
     assert metrics["teacher_arch"] == "resnet8" and 0 <= metrics["teacher_test_top1"] <= 100
     for key in ("kd_loss", "rkd_loss", "ce", "agreement", "test_top1"):

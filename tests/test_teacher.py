@@ -1,6 +1,7 @@
 """ContrastiveTeacher: fit on both backends, metrics, cache state, saving, and the ICC effect."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -54,6 +55,12 @@ def test_lambda_zero_is_plain_cross_entropy(splits):
     history = teacher.fit(two_view_data(splits, 1), epochs=1, steps_per_epoch=2, verbose=0).history
     np.testing.assert_allclose(history["loss"], history["ce"], rtol=1e-5)
     assert history["intra"][0] > 0  # still measured for monitoring, with weight 0
+    # The unused projection head is frozen: one-view CE training warns of no missing gradients.
+    assert {v.path for v in teacher.trainable_variables} == {v.path for v in teacher.backbone.trainable_variables}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        teacher.fit(two_view_data(splits, 1, views=1), epochs=1, steps_per_epoch=2, verbose=0)
+    assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
 
 
 def test_single_view_batches_train_with_ce_only(splits):

@@ -23,7 +23,8 @@ class ContrastiveTeacher(keras.Model):
     augmented view, the negatives are other images of the same class in the batch and in an
     `IntraClassCache` of earlier batches. A margin mechanism (default: a gate letting only
     anchors with p_y - max_{j != y} p_j > delta take part) keeps training stable.
-    With `icc_lambda=0` the same class is a plain cross-entropy teacher.
+    With `icc_lambda=0` the same class is a plain cross-entropy teacher (its projection head,
+    which then takes no part in the loss, is frozen).
 
     Training input: `({"image": view1, "view2": view2}, labels)`, as made by
     `keras_icckd.data.make_train_dataset(..., views=2)`. A batch without "view2" trains with
@@ -88,6 +89,8 @@ class ContrastiveTeacher(keras.Model):
         self.projection_output_layer = keras.layers.Dense(self.projection_dim, name="projection_output")
         self.projection_hidden_layer.build((None, embedding_dim))
         self.projection_output_layer.build((None, self.projection_hidden))
+        if self.icc_lambda == 0:  # the head has no weight in the loss: keep it out of the optimizer
+            self.projection_hidden_layer.trainable = self.projection_output_layer.trainable = False
         self.cache = (IntraClassCache(self.icc_cache_size, self.projection_dim,
                                       persistent=self.save_cache, name="cache")
                       if self.icc_cache_size else None)
