@@ -300,7 +300,7 @@ def test_channel_shuffle_matches_pytorch_order():
     np.testing.assert_array_equal(out, reference.reshape(1, 6, 2, 1).transpose(0, 2, 3, 1))
 
 
-@pytest.mark.parametrize("module", [registry, resnet, wrn, vgg, mobile],
+@pytest.mark.parametrize("module", [base, registry, resnet, wrn, vgg, mobile],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_docstring_examples(module):
     result = doctest.testmod(module, extraglobs={"keras": keras}, verbose=False,

@@ -4,12 +4,12 @@
 pass, a dict with "logits", "embedding", "feat0".."featK" and "preact0".."preactK".
 """
 
-from keras_icckd.backbones.base import Backbone, ChannelShuffle, ChannelSplit
+from keras_icckd.backbones.base import Backbone, ChannelShuffle, ChannelSplit, FusedBatchNorm
 from keras_icckd.backbones.mobile import MobileNetV2, ShuffleNetV2
 from keras_icckd.backbones.registry import PRESETS, get, names
 from keras_icckd.backbones.resnet import ResNet
 from keras_icckd.backbones.vgg import VGG, VGG_CONFIGS
 from keras_icckd.backbones.wrn import WideResNet
 
-__all__ = ["Backbone", "ChannelShuffle", "ChannelSplit", "MobileNetV2", "PRESETS", "ResNet",
+__all__ = ["Backbone", "ChannelShuffle", "ChannelSplit", "FusedBatchNorm", "MobileNetV2", "PRESETS", "ResNet",
            "ShuffleNetV2", "VGG", "VGG_CONFIGS", "WideResNet", "get", "names"]

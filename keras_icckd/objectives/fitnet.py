@@ -3,6 +3,7 @@
 import keras
 
 from keras_icckd import losses
+from keras_icckd.backbones import FusedBatchNorm
 from keras_icckd.objectives.base import Objective, register
 
 
@@ -40,7 +41,7 @@ class FitNet(Objective):
             raise ValueError(f"FitNet cannot map the student's {key} {s} onto the teacher's {t}")
         self.regressor = keras.Sequential(
             [keras.Input(tuple(s[1:])), conv,
-             keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="regressor_bn"),
+             FusedBatchNorm(momentum=0.9, epsilon=1e-5, name="regressor_bn"),
              keras.layers.ReLU(name="regressor_relu")], name="regressor")
         super().setup(student_shapes, teacher_shapes, context)
 
