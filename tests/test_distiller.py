@@ -90,7 +90,10 @@ def test_kd_raises_agreement_with_the_teacher(task, trained_teacher):
     distiller = make(trained_teacher, "kd:1", ce_weight=0.0)
 
     def agreement():
-        return np.mean(np.argmax(to_numpy(distiller.student(images, training=False)["logits"]), -1) == target)
+        # Batch statistics of all the images: after 32 steps of batch 16 the moving averages of
+        # such a small student still lag, and inference-mode predictions hang on them.
+        logits = distiller.student(images, training=True)["logits"]
+        return np.mean(np.argmax(to_numpy(logits), -1) == target)
 
     before = agreement()
     distiller.fit(dataset(task, 8), epochs=8, steps_per_epoch=4, verbose=0)
