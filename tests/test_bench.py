@@ -85,3 +85,19 @@ def test_bad_arguments_are_refused():
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bench", "train_step.py"),
                              "--modes=tf,mxnet"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "unknown mode ['mxnet']" in result.stderr
+
+
+def test_batch_norm_comparison():
+    """bench/batch_norm.py: a real tiny run on TensorFlow; a clear refusal on JAX."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "batch_norm.py"), "--pair=resnet8:resnet14",
+         "--steps=ce1,kd", "--batch_size=4", "--rounds=1", "--steps_per_round=2", "--warmup=1"],
+        capture_output=True, text=True, env=env, timeout=600)
+    if backend() == "jax":
+        assert result.returncode != 0 and "KERAS_BACKEND=tensorflow" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ce1 ") or line.startswith("| kd ")]
+    assert len(rows) == 2 and rows[1].startswith("| kd | resnet8 <- resnet14 |"), result.stdout
+    assert all(line.endswith("x |") for line in rows)

@@ -68,7 +68,7 @@ class FusedBatchNorm(layers.BatchNormalization):
     which costs a pass over the activation per operation; on the TensorFlow backend this layer
     runs one `FusedBatchNormV3` operation (and one for its gradient) instead, for channels-last
     4-D inputs without a mask, renorm or synchronised statistics. On the CPU benchmark machine
-    that makes a resnet20 <- resnet56 KD step about 1.2x and a resnet56 CE step about 1.4x
+    that makes a resnet20 <- resnet56 KD step 1.26x and a resnet56 CE step 1.3-1.4x
     faster (experiments/results/performance.md). Everywhere else (the JAX backend, where XLA
     fuses the operations itself, other ranks, the options above) it is the Keras layer.
 
