@@ -60,12 +60,12 @@ def main():
     for row, times in zip(rows, timing.round_robin(runners, args.rounds, args.steps_per_round)):
         row.update(timing.summary(times, row["batch"]))
     print(f"{mode}, batch {args.batch_size}, {args.rounds} rounds x {args.steps_per_round} steps")
-    print("| step | network(s) | FusedBatchNorm img/s | keras BatchNormalization img/s | speed-up |")
-    print("|---|---|---|---|---|")
+    lines = [["step", "network(s)", "FusedBatchNorm img/s", "keras BatchNormalization img/s", "speed-up"]]
     for fused, plain in zip(rows[::2], rows[1::2]):
         nets = f"{fused['student']} <- {fused['teacher']}" if fused["student"] else fused["teacher"]
-        print(f"| {fused['step']} | {nets} | {fused['images_per_s']:.1f} | {plain['images_per_s']:.1f} | "
-              f"{fused['images_per_s'] / plain['images_per_s']:.2f}x |")
+        lines.append([fused["step"], nets, f"{fused['images_per_s']:.1f}", f"{plain['images_per_s']:.1f}",
+                      f"{fused['images_per_s'] / plain['images_per_s']:.2f}x"])
+    print(train_step.markdown(lines))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"mode": mode, "rounds": args.rounds, "steps_per_round": args.steps_per_round,
