@@ -1,9 +1,11 @@
 """Backend-neutral helpers shared by the tests: gradients and jit for TF and JAX."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -81,3 +83,23 @@ def outputs_under_other_backend(model_path, images, tmp_path):
     result = np.load(out)
     assert str(result["backend"]) == other
     return result
+
+
+def checkpoint_epoch(path):
+    """The epochs completed in a run checkpoint at `path`; 0 when it is missing or unreadable."""
+    from keras_icckd import training
+
+    try:
+        return training.read_checkpoint(path)[0]["epoch"]
+    except training.CheckpointError:
+        return 0
+
+
+def kill_after_first_checkpoint(process, path, timeout=500):
+    """SIGKILLs `process` as soon as the checkpoint at `path` records an epoch; returns that epoch."""
+    deadline = time.time() + timeout
+    while checkpoint_epoch(path) < 1 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    return checkpoint_epoch(path)
