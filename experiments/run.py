@@ -82,13 +82,16 @@ flags.DEFINE_enum("dtype_policy", "float32", ("float32", "mixed_float16", "mixed
                   "bfloat16 with float32 variables and float32 losses (mixed_float16 adds dynamic loss "
                   "scaling). Pays off on GPUs/TPUs; slower on CPU. Exports are always float32.")
 flags.DEFINE_enum("distribution", "none", ("none", "data_parallel", "model_parallel"),
-                  "Several devices through keras.distribution (JAX backend): data_parallel splits each "
-                  "batch over all devices; model_parallel also shards conv kernels over "
+                  "Several devices: data_parallel splits each batch over all devices (keras.distribution on "
+                  "JAX, tf.distribute's MirroredStrategy on TensorFlow, MultiWorkerMirroredStrategy with a "
+                  "multi-worker TF_CONFIG); model_parallel (JAX only) also shards conv kernels over "
                   "--model_parallel_size devices. Batch sizes and the test-set size must be multiples of "
                   "the data-parallel device count.")
 flags.DEFINE_integer("model_parallel_size", 2, "--distribution=model_parallel: devices along the model axis.")
-flags.DEFINE_integer("num_processes", 1, "Multi-host JAX: processes in the job (one per host).")
-flags.DEFINE_integer("process_id", 0, "Multi-host JAX: this process's id in [0, --num_processes).")
+flags.DEFINE_integer("num_processes", 1, "Multi-host: processes in the job (one per host; on TensorFlow as "
+                     "many as TF_CONFIG's workers).")
+flags.DEFINE_integer("process_id", 0, "Multi-host: this process's id in [0, --num_processes) (on TensorFlow, "
+                     "its TF_CONFIG task index).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host JAX: host:port of process 0.")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/tensorboard (needs TensorFlow; "
                   "skipped with a warning without it).")
@@ -184,13 +187,13 @@ def validate_flags():
          "lr_decay_epochs", "increasing integers >= 1")
     import keras
 
-    need(FLAGS.distribution == "none" or keras.backend.backend() == "jax", "distribution",
-         "none on the TensorFlow backend (data/model parallel runs need KERAS_BACKEND=jax; see BUILD.md)")
+    need(FLAGS.distribution != "model_parallel" or keras.backend.backend() == "jax", "distribution",
+         "none or data_parallel on the TensorFlow backend (model_parallel needs KERAS_BACKEND=jax; see BUILD.md)")
     need(FLAGS.model_parallel_size >= 1, "model_parallel_size", ">= 1")
     need(FLAGS.num_processes >= 1, "num_processes", ">= 1")
     need(0 <= FLAGS.process_id < FLAGS.num_processes, "process_id", "in [0, --num_processes)")
-    need(FLAGS.num_processes == 1 or FLAGS.coordinator_address, "coordinator_address",
-         "host:port of process 0 when --num_processes > 1")
+    need(FLAGS.num_processes == 1 or FLAGS.coordinator_address or keras.backend.backend() == "tensorflow",
+         "coordinator_address", "host:port of process 0 when --num_processes > 1 on JAX (TensorFlow reads TF_CONFIG)")
     need(FLAGS.icc_lambda >= 0, "icc_lambda", ">= 0")
     need(-1 <= FLAGS.icc_delta <= 1 or FLAGS.icc_margin_mode != "gate", "icc_delta",
          "in [-1, 1] with --icc_margin_mode=gate (a probability margin)")
@@ -387,6 +390,8 @@ def run(builder):
     # Keras shards tf.data per process itself; the NumPy pipeline yields this process's share.
     shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} \
         if FLAGS.num_processes > 1 and pipeline.__name__.endswith("numpy_pipeline") else {}
+    if shard and keras.distribution.distribution() is not None:
+        keras.distribution.distribution().auto_shard_dataset = False  # each process reads its own share
     if initial_epoch < FLAGS.epochs:
         train_ds = pipeline.make_train_dataset(
             splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
@@ -418,7 +423,10 @@ def run(builder):
                          "--noresume trains it anew", FLAGS.output_dir, FLAGS.epochs)
 
     callbacks = []
-    if FLAGS.diagnostic_examples:
+    several = FLAGS.num_processes > 1  # predict() cannot return arrays that span other processes' devices
+    if FLAGS.diagnostic_examples and several:
+        logging.warning("--diagnostic_examples: the class-distance diagnostics are off with --num_processes > 1")
+    if FLAGS.diagnostic_examples and not several:
         n = min(FLAGS.diagnostic_examples, len(splits.test_labels))
         sample = splits.subset(max_test=n, seed=FLAGS.seed)
         callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], normalise(sample.test_images, mean, std),
@@ -446,6 +454,8 @@ def run(builder):
             print(f"training stopped: {e}. Last good checkpoint: {last}", file=sys.stderr)
             sys.exit(1)
     rows = recorder.rows
+    if several:  # process 0 writes alone: no more collective operations (a new variable would be one)
+        distribution.configure("none")
     if not writer:
         print(f"process {FLAGS.process_id}: training done; process 0 writes the outputs")
         return
@@ -464,7 +474,7 @@ def run(builder):
         "history": rows, "flags": flag_values(), "backend": keras.backend.backend(),
         "keras_version": keras.__version__, "wall_seconds": recorder.elapsed,
     }
-    if "teacher" in run_:
+    if "teacher" in run_ and not several:  # a predict() on process 0 alone would wait for the others
         logits = run_["teacher"].predict(test_ds, verbose=0)["logits"]
         results["teacher_test_top1"] = 100.0 * float(np.mean(np.argmax(logits, -1) == splits.test_labels))
     if rows and "intra_inter_ratio" in rows[-1]:

@@ -1,5 +1,6 @@
-"""Several devices through keras.distribution: one step on 4 (virtual CPU) devices gives the same
-loss and weights as the same global batch on 1 device, for the ICC teacher and the Distiller."""
+"""Several devices: keras.distribution on JAX (4 virtual CPU devices) and tf.distribute's
+MirroredStrategy on TensorFlow (2 logical CPU devices) train the ICC teacher with its cache and the
+Distiller (KD + CRD + DCD) with the same losses and weights as the same global batches on 1 device."""
 
 import os
 import subprocess
@@ -31,7 +32,7 @@ SCRIPT = textwrap.dedent("""
             return ContrastiveTeacher(net, icc_cache_size=16, icc_delta=-1.0), {}, 2
         keras.utils.set_random_seed(1)
         teacher = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
-        model = Distiller(net, teacher, "kd:0.9,crd:0.8", num_train=48)
+        model = Distiller(net, teacher, "kd:0.9,crd:0.8,dcd:1", num_train=48)
         return model, model.data_options(), 1
 
     def train(kind, mode, size=1):
@@ -58,16 +59,63 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+TF_SCRIPT = textwrap.dedent("""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    from keras_icckd import backbones, data, training
+    from keras_icckd.models import ContrastiveTeacher, Distiller
+    from keras_icckd.training import distribution, replicas
+
+    splits = data.make_synthetic(num_classes=3, train_per_class=16, test_per_class=4, image_shape=(16, 16, 3))
+    keras.utils.set_random_seed(1)
+    frozen = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))  # built before the strategy,
+    # as run.py loads a student's teacher
+
+    def build(kind):
+        keras.utils.set_random_seed(0)
+        net = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
+        if kind == "teacher":
+            return ContrastiveTeacher(net, icc_cache_size=16, icc_delta=-1.0), {}, 2
+        model = Distiller(net, frozen, "kd:0.9,crd:0.8,dcd:1", num_train=48)
+        return model, model.data_options(), 1
+
+    def train(kind, mode):
+        factor = distribution.configure(mode)
+        model, options, views = build(kind)
+        model.compile(optimizer=training.TorchSGD(0.05, momentum=0.9, weight_decay=5e-4))
+        ds = data.make_train_dataset(splits.train_images, splits.train_labels, 16, seed=0, mean=(0.5,) * 3,
+                                     std=(0.25,) * 3, views=views, epochs=1, **options)
+        history = model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0).history
+        kinds = {type(v.value).__name__ for v in model.trainable_variables}
+        return factor, history, [keras.ops.convert_to_numpy(v) for v in model.variables], kinds
+
+    for kind in ("teacher", "distiller"):
+        _, h1, weights1, _ = train(kind, "none")
+        factor, h2, weights2, kinds = train(kind, "data_parallel")
+        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights1, weights2))
+        print(f"RESULT {kind} factor={factor} loss1={h1['loss'][0]:.6f} loss2={h2['loss'][0]:.6f} diff={diff:.2e}")
+        assert factor == 2 and kinds == {"MirroredVariable"}, (factor, kinds)
+        for key in h1:  # the loss, each term (ce, intra, kd_loss, crd_loss, dcd_loss, ...) and the metrics
+            assert abs(h1[key][0] - h2[key][0]) <= 1e-5 * max(1.0, abs(h1[key][0])), (kind, key, h1, h2)
+        assert diff <= 1e-4, (kind, diff)
+
+    # Views stacked view-major per replica are gathered view-major over the global batch.
+    strategy = distribution._tf_strategy()
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant([[10 * context.replica_id_in_sync_group + v] for v in (0, 0, 1, 1)]))
+    gathered = strategy.run(lambda t: replicas.gather(t, views=2), args=(per_replica,))
+    assert strategy.experimental_local_results(gathered)[0].numpy().ravel().tolist() == [0, 0, 10, 10, 1, 1, 11, 11]
+    print("ALL OK")
+""")
+
+
 def test_multi_device_step_matches_one_device():
-    if keras.backend.backend() != "jax":
-        # TensorFlow: refused with a clear message (MirroredStrategy mis-trains these models).
-        with pytest.raises(ValueError, match="needs the JAX backend"):
-            distribution.configure("data_parallel")
-        assert distribution.configure("none") == 1
-        return
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
-                            cwd=REPO_ROOT, timeout=600)
+    script = SCRIPT if keras.backend.backend() == "jax" else TF_SCRIPT
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            cwd=REPO_ROOT, timeout=900)
     assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
 
 
@@ -76,12 +124,18 @@ def test_bad_distribution_arguments():
         distribution.configure("pipeline")
     with pytest.raises(ValueError, match="process_id=2 must be in"):
         distribution.initialize_multi_host("host:1234", 2, 2)
-    with pytest.raises(ValueError, match="coordinator"):
+    jax = keras.backend.backend() == "jax"
+    # several processes: JAX needs the coordinator; TensorFlow's TF_CONFIG (unset here) must agree
+    with pytest.raises(ValueError, match="coordinator" if jax else "TF_CONFIG: it names 1 worker"):
         distribution.initialize_multi_host(None, 2, 0)
     distribution.initialize_multi_host(None, 1, 0)  # one process: nothing to join
+    if not jax:
+        with pytest.raises(ValueError, match="'model_parallel' needs the JAX backend"):
+            distribution.configure("model_parallel")
 
 
-def test_run_py_trains_data_parallel_on_jax_and_refuses_it_on_tensorflow(tmp_path):
+def test_run_py_trains_data_parallel_on_jax_and_refuses_model_parallel_on_tensorflow(tmp_path):
+    """(run.py's data_parallel on TensorFlow, with two workers: tests/test_multi_host.py.)"""
     out = str(tmp_path / "run")
     args = ["--dataset=synthetic", "--synthetic_classes=3", "--synthetic_train_per_class=16",
             "--synthetic_test_per_class=4", "--arch=resnet8", "--batch_size=8", "--epochs=1",
@@ -90,16 +144,35 @@ def test_run_py_trains_data_parallel_on_jax_and_refuses_it_on_tensorflow(tmp_pat
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="2",
                XLA_FLAGS="--xla_force_host_platform_device_count=4")
     run = [sys.executable, os.path.join(REPO_ROOT, "experiments", "run.py")]
-    result = subprocess.run([*run, *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
     if keras.backend.backend() != "jax":
+        result = subprocess.run([*run, *args, "--distribution=model_parallel"], capture_output=True, text=True,
+                                env=env, cwd=REPO_ROOT, timeout=600)
         assert result.returncode != 0
-        assert "--distribution='data_parallel' is not allowed: expected none on the TensorFlow backend" \
-            in result.stderr, result.stderr[-2000:]
+        assert "--distribution='model_parallel' is not allowed: expected none or data_parallel on the " \
+               "TensorFlow backend" in result.stderr, result.stderr[-2000:]
         assert not os.path.exists(os.path.join(out, "metrics.json"))
         return
+    result = subprocess.run([*run, *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.exists(os.path.join(out, "model.keras"))
     bad = subprocess.run([*run, *args, "--batch_size=6", "--noresume"], capture_output=True, text=True,
                          env=env, cwd=REPO_ROOT, timeout=600)
     assert bad.returncode != 0
     assert "--batch_size: 6 is not a multiple of the 4 data-parallel devices" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_one_replica_changes_nothing_and_doctests():
+    import doctest
+
+    import numpy as np
+
+    from keras_icckd.training import replicas
+
+    x = keras.ops.convert_to_tensor(np.arange(6.0).reshape(3, 2))
+    assert replicas.replica_count() == 1 and replicas.gather(x) is x and replicas.replica_share(x) is x
+    assert replicas.global_batch({"a": x}, constants={"epoch": 2}) == {"a": x, "epoch": 2}
+    lazy = replicas.LazyMap({"a": x, "b": x}, lambda t: t[:1])
+    assert lazy["a"].shape == (1, 2) and sorted(lazy) == ["a", "b"] and len(lazy) == 2
+    for module in (replicas, distribution):
+        result = doctest.testmod(module, extraglobs={"keras": keras})
+        assert result.attempted > 0 and result.failed == 0

@@ -20,6 +20,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from keras_icckd.training.replicas import replica_count
+
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 
@@ -88,7 +90,15 @@ class FusedBatchNorm(layers.BatchNormalization):
     def _fused(self, inputs, mask):
         return (keras.backend.backend() == "tensorflow" and mask is None and len(inputs.shape) == 4
                 and self.axis in (-1, 3) and not self.renorm and not self.synchronized
-                and self.center and self.scale)
+                and self.center and self.scale and replica_count() == 1)
+
+    def _moments(self, inputs, mask):
+        # tf.distribute with several replicas: statistics of the global batch (all-reduced), as
+        # on one device and as JAX's data parallelism computes them; not a config change, so
+        # saved models stay loadable on JAX.
+        if mask is None and not self.synchronized and replica_count() > 1:
+            return ops.moments(inputs, axes=self._reduction_axes, synchronized=True)
+        return super()._moments(inputs, mask)
 
     def call(self, inputs, training=None, mask=None):
         if not self._fused(inputs, mask):

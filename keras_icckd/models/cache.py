@@ -14,6 +14,9 @@ class IntraClassCache(keras.layers.Layer):
     class. All state lives in non-trainable variables, so the cache advances under `jit`
     on the TensorFlow and JAX backends alike.
 
+    Under tf.distribute the variables keep one value for all replicas ("only_first_replica"
+    aggregation); the teacher enqueues the global batch, the same on every replica.
+
     Args:
         size: number of slots Q (>= 1).
         dim: projection dimension.
@@ -33,14 +36,15 @@ class IntraClassCache(keras.layers.Layer):
         if int(size) < 1:
             raise ValueError(f"size={size}: the cache needs at least one slot")
         self.size, self.dim, self.persistent = int(size), int(dim), bool(persistent)
+        one = "only_first_replica"
         self.features = self.add_weight(
             shape=(self.size, self.dim), initializer="zeros", trainable=False,
-            dtype="float32", name="features")
+            dtype="float32", name="features", aggregation=one)
         self.labels = self.add_weight(
             shape=(self.size,), initializer=keras.initializers.Constant(-1),
-            trainable=False, dtype="int32", name="labels")
+            trainable=False, dtype="int32", name="labels", aggregation=one)
         self.pointer = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, dtype="int32", name="pointer")
+            shape=(), initializer="zeros", trainable=False, dtype="int32", name="pointer", aggregation=one)
         self.built = True
 
     def enqueue(self, features, labels):
@@ -48,7 +52,10 @@ class IntraClassCache(keras.layers.Layer):
         features = ops.stop_gradient(ops.cast(features, "float32"))
         labels = ops.cast(labels, "int32")
         count = features.shape[0]
-        if count > self.size:  # Only the newest `size` entries can be kept.
+        if count is None:  # a batch size known only when the step runs (tf.distribute over workers)
+            features, labels = features[-self.size:], labels[-self.size:]
+            count = ops.shape(features)[0]
+        elif count > self.size:  # Only the newest `size` entries can be kept.
             features, labels, count = features[-self.size:], labels[-self.size:], self.size
         slots = ops.mod(self.pointer + ops.arange(count, dtype="int32"), self.size)[:, None]
         self.features.assign(ops.scatter_update(self.features, slots, features))

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_icckd import objectives as objective_zoo
+from keras_icckd.training import replicas
 
 _RESERVED = ("loss", "ce", "accuracy", "agreement")
 
@@ -35,7 +36,7 @@ class EpochCounter(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable(package="keras_icckd")
-class Distiller(keras.Model):
+class Distiller(replicas.MultiWorkerFixes, keras.Model):
     """Trains a student from a frozen teacher with `ce_weight * CE + sum_i w_i * objective_i`.
 
     The teacher (a backbone, a `ContrastiveTeacher`, or the path of a `.keras` file) runs in
@@ -147,22 +148,27 @@ class Distiller(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         del sample_weight
-        labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+        # Under tf.distribute every output, label and extra input is read over the global batch
+        # (gathered from all replicas on first use), so batch-wide objectives (CRD's memory and
+        # normaliser, RKD/DCD/PCKD/MSDCRD's in-batch relations) see it as on one device; one
+        # replica's share of the loss is returned.
+        labels = replicas.gather(ops.cast(ops.reshape(y, (-1,)), "int32"))
         batch = ops.shape(labels)[0]
-        all_views = y_pred["student"], y_pred["teacher"]
+        views = self.view_maker.views if self.view_maker is not None else 1
+        all_views = tuple(replicas.global_batch(y_pred[k], views) for k in ("student", "teacher"))
         student, teacher = all_views
         if self.view_maker is not None:  # the original images come first
-            student, teacher = keras.tree.map_structure(lambda t: t[:batch], all_views)
+            student, teacher = (replicas.LazyMap(outputs, lambda t: t[:batch]) for outputs in all_views)
         s_logits = ops.cast(student["logits"], "float32")
         ce = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, s_logits, from_logits=True))
         total = self.ce_weight * ce
-        extras = dict(x) if isinstance(x, dict) else {}
-        extras.update(epoch=self.epoch, training=training)
+        constants = {"epoch": self.epoch, "training": training}
         if "classifier" in self.requires:
-            extras["student_classifier"] = (self.student.classifier.kernel, self.student.classifier.bias)
-            extras["teacher_classifier"] = tuple(
+            constants["student_classifier"] = (self.student.classifier.kernel, self.student.classifier.bias)
+            constants["teacher_classifier"] = tuple(
                 ops.stop_gradient(ops.convert_to_tensor(v))
                 for v in (self.teacher.classifier.kernel, self.teacher.classifier.bias))
+        extras = replicas.global_batch(x if isinstance(x, dict) else {}, constants=constants)
         for objective, weight, tracker in zip(self.objective_layers, self.objective_weights,
                                               self.objective_trackers):
             outputs = all_views if objective is self.view_maker else (student, teacher)
@@ -175,7 +181,7 @@ class Distiller(keras.Model):
         self.agreement_tracker.update_state(ops.mean(ops.cast(agree, "float32")), sample_weight=batch)
         if self.losses:
             total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses]))
-        return total
+        return replicas.replica_share(total)
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with an `EpochCounter` added so epoch-aware objectives see the epoch."""

@@ -8,13 +8,14 @@ from keras import ops
 from keras_icckd.losses import MARGIN_MODES
 from keras_icckd.losses import intra_class_contrastive
 from keras_icckd.losses import intra_class_objective
+from keras_icckd.training import replicas
 from keras_icckd.models.cache import IntraClassCache
 
 _VIEW_ONLY_METRICS = ("intra", "margin_pass", "negatives")
 
 
 @keras.saving.register_keras_serializable(package="keras_icckd")
-class ContrastiveTeacher(keras.Model):
+class ContrastiveTeacher(replicas.MultiWorkerFixes, keras.Model):
     """A classifier trained with CE + lambda * L_intra (ICCKD, arXiv 2509.22053).
 
     Wraps any backbone of `keras_icckd.backbones` (a model returning a dict with "logits"
@@ -125,7 +126,13 @@ class ContrastiveTeacher(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         del x, sample_weight
-        labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+        # Under tf.distribute: the global batch of every replica (the negatives, the margin gate's
+        # batch and the cache's writes are batch-wide), and one replica's share of the loss.
+        labels = replicas.gather(ops.cast(ops.reshape(y, (-1,)), "int32"))
+        if isinstance(y_pred, dict):
+            y_pred = {key: replicas.gather(value) for key, value in y_pred.items()}
+        else:
+            y_pred = replicas.gather(y_pred)
         logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
         ce = _cross_entropy(logits, labels)
         if isinstance(y_pred, dict) and self.ce_on_both_views:
@@ -149,7 +156,7 @@ class ContrastiveTeacher(keras.Model):
         self.accuracy_tracker.update_state(labels, logits)
         if self.losses:
             total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses]))
-        return total
+        return replicas.replica_share(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         results = super().compute_metrics(x, y, y_pred, sample_weight)

@@ -86,14 +86,16 @@ class CRD(EmbeddingHeads, Objective):
         self.negatives = min(self.num_negatives, self.num_data - 1)
         self.build_heads(student_shapes, teacher_shapes, "CRD")
         bound = 1.0 / math.sqrt(self.feature_dim / 3.0)
+        one = "only_first_replica"  # tf.distribute: one value for all replicas (they assign the same)
         for side in ("student", "teacher"):
             setattr(self, f"memory_{side}", self.add_weight(
-                shape=(self.num_data, self.feature_dim), trainable=False, dtype="float32",
+                shape=(self.num_data, self.feature_dim), trainable=False, dtype="float32", aggregation=one,
                 initializer=keras.initializers.RandomUniform(-bound, bound), name=f"memory_{side}"))
             setattr(self, f"normalizer_{side}", self.add_weight(
-                shape=(), initializer="ones", trainable=False, dtype="float32", name=f"normalizer_{side}"))
+                shape=(), initializer="ones", trainable=False, dtype="float32", name=f"normalizer_{side}",
+                aggregation=one))
         self.normalizer_ready = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                dtype="float32", name="normalizer_ready")
+                                                dtype="float32", name="normalizer_ready", aggregation=one)
         super().setup(student_shapes, teacher_shapes, context)
 
     def data_options(self):
