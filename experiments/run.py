@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 FLAGS = flags.FLAGS
 
-MODES = ("teacher", "student", "export")
+MODES = ("teacher", "student", "export", "import")
 DATASETS = ("cifar10", "cifar100", "folder", "tfds", "synthetic")
 
 flags.DEFINE_enum("mode", "teacher", MODES, "What to run.")
@@ -100,6 +100,13 @@ flags.DEFINE_integer("representative_examples", 256,
                      "--mode=export: class-balanced training images that calibrate int8.")
 flags.DEFINE_float("parity_tolerance", 1e-4,
                    "--mode=export: largest allowed max |logit difference| of the float32 file.")
+flags.DEFINE_string("torch_checkpoint", None,
+                    "--mode=import: a PyTorch checkpoint (.pt/.pth/.th) of a CIFAR network: RepDistiller / "
+                    "mdistiller / chenyaofo layouts or akamaster's option-A ResNets. --arch names the preset "
+                    "(default: inferred from the keys and shapes); with --dataset, its test top-1 is measured.")
+flags.DEFINE_string("torch_normalization", None,
+                    "--mode=import: how the checkpoint's training images were normalised: imagenet, cifar10, "
+                    "cifar100 or R,G,B,R,G,B (mean then std of pixels in [0, 1]). akamaster: imagenet.")
 
 flags.mark_flag_as_required("output_dir")
 
@@ -116,6 +123,8 @@ def validate_flags():
 
     from keras_icckd import export
 
+    if FLAGS.mode == "import":
+        validate_import_flags(need)
     if FLAGS.mode == "export":
         need(FLAGS.model and os.path.isfile(FLAGS.model) and FLAGS.model.endswith(".keras"), "model",
              "an existing .keras file written by --mode=student")
@@ -183,6 +192,26 @@ def validate_flags():
         raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} is not writable: {e}")
 
 
+def validate_import_flags(need):
+    """--mode=import: the checkpoint, --torch_normalization and --arch, and that torch is installed."""
+    from keras_icckd import backbones
+    from keras_icckd.data import sources
+
+    need(FLAGS.torch_checkpoint and os.path.isfile(FLAGS.torch_checkpoint), "torch_checkpoint",
+         "an existing PyTorch checkpoint file")
+    try:
+        sources.parse_normalization(FLAGS.torch_normalization, "--torch_normalization")
+    except ValueError as e:
+        raise app.UsageError(f"{e} (the normalisation the checkpoint was trained with)")
+    archs = backbones.importable_archs()
+    need(not FLAGS["arch"].present or FLAGS.arch in archs, "arch",
+         f"one of {', '.join(archs)} (or no --arch: inferred from the checkpoint)")
+    try:
+        backbones.torch_import.import_torch()
+    except ImportError as e:
+        raise app.UsageError(f"--mode=import: {e}")
+
+
 def load_splits():
     from keras_icckd import data
 
@@ -217,6 +246,13 @@ def check_fits_data(flag, model, splits):
         raise app.UsageError(
             f"--{flag}={getattr(FLAGS, flag)!r} was trained for {classes} classes on {shape} images, but "
             f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of {data_shape} images")
+    from keras_icckd import backbones, data
+
+    try:  # an imported model records the normalisation it must be fed
+        backbones.check_feed_normalization(model, *data.normalization_for(splits),
+                                           what=f"--{flag}={getattr(FLAGS, flag)!r}")
+    except ValueError as e:
+        raise app.UsageError(f"{e} (--dataset={FLAGS.dataset})")
 
 
 def flag_values():
@@ -482,12 +518,57 @@ def run_export():
     print(f"report: {os.path.abspath(os.path.join(FLAGS.output_dir, 'export.json'))}")
 
 
+def run_import():
+    """--mode=import: --torch_checkpoint -> output_dir/model.keras (+ test top-1 with --dataset)."""
+    import keras
+    import numpy as np
+
+    from keras_icckd import backbones, data, export, training
+    from keras_icckd.data import sources
+
+    splits, feed, input_shape = None, None, (32, 32, 3)
+    if FLAGS["dataset"].present:
+        splits = load_splits()
+        feed, input_shape = sources.feed_normalization_name(splits.name, splits.num_classes), splits.test_images.shape[1:]
+    try:
+        model = backbones.from_torch(FLAGS.torch_checkpoint, FLAGS.arch if FLAGS["arch"].present else None,
+                                     torch_normalization=FLAGS.torch_normalization, feed_normalization=feed,
+                                     input_shape=input_shape)
+    except backbones.TorchImportError as e:
+        raise app.UsageError(f"--torch_checkpoint={FLAGS.torch_checkpoint!r}: {e}")
+    normalization = model.input_normalization
+    results = {"mode": "import", "arch": model.name, "torch_checkpoint": os.path.abspath(FLAGS.torch_checkpoint),
+               "num_classes": model.num_classes, "torch_normalization": normalization["network"],
+               "feed_normalization": normalization["feed"],
+               "parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+               "flags": flag_values(), "backend": keras.backend.backend(), "keras_version": keras.__version__}
+    if splits is not None:
+        check_fits_data("torch_checkpoint", model, splits)
+        mean, std = data.normalization_for(splits)
+        logits = export.keras_logits(model, normalise(splits.test_images, mean, std), FLAGS.eval_batch_size)
+        results.update(dataset=splits.name, num_test=len(splits.test_labels),
+                       test_top1=100.0 * float(np.mean(np.argmax(logits, -1) == splits.test_labels)))
+    model_path = os.path.join(FLAGS.output_dir, "model.keras")
+    metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")
+    training.atomic_save_model(model, model_path)
+    training.atomic_write_json(results, metrics_path)
+    print(f"imported {FLAGS.torch_checkpoint} as {model.name} ({model.num_classes} classes, "
+          f"{results['parameters']:,} parameters)")
+    if splits is not None:
+        print(f"test top-1 on {results['num_test']} {splits.name} test images: {results['test_top1']:.2f}%")
+    print(f"model:   {os.path.abspath(model_path)}")
+    print(f"results: {os.path.abspath(metrics_path)}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     validate_flags()
     if FLAGS.mode == "export":
         run_export()
+        return
+    if FLAGS.mode == "import":
+        run_import()
         return
     import keras
 

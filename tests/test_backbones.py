@@ -39,6 +39,17 @@ def torch_resnet(depth, filters, num_classes):
     return total + _linear(filters[3], num_classes)
 
 
+def torch_resnet_option_a(depth, num_classes):
+    """akamaster's CIFAR-10 ResNet: the same blocks, shortcuts without parameters."""
+    n, inp, filters = (depth - 2) // 6, 16, (16, 32, 64)
+    total = _conv(3, inp, 3) + _bn(inp)
+    for planes in filters:
+        for _ in range(n):
+            total += _conv(inp, planes, 3) + _bn(planes) + _conv(planes, planes, 3) + _bn(planes)
+            inp = planes
+    return total + _linear(64, num_classes)
+
+
 def torch_wrn(depth, k, num_classes):
     n, ch = (depth - 4) // 6, [16, 16 * k, 32 * k, 64 * k]
     total = _conv(3, 16, 3)
@@ -98,6 +109,7 @@ _VGG_CFGS = {
 }
 TORCH_COUNTS = {
     **{f"resnet{d}": torch_resnet(d, (16, 16, 32, 64), 100) for d in (8, 14, 20, 32, 44, 56, 110)},
+    **{f"resnet{d}_option_a": torch_resnet_option_a(d, 100) for d in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": torch_resnet(8, (32, 64, 128, 256), 100),
     "resnet32x4": torch_resnet(32, (32, 64, 128, 256), 100),
     **{f"wrn_{d}_{k}": torch_wrn(d, k, 100) for d in (16, 40) for k in (1, 2)},
@@ -119,6 +131,40 @@ def _trainable_count(model):
 
 def test_names_are_the_presets():
     assert backbones.names() == sorted(TORCH_COUNTS)
+
+
+# akamaster/pytorch_resnet_cifar10's README: parameters of its CIFAR-10 (10-class) option-A ResNets.
+OPTION_A_PUBLISHED = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M"}
+
+
+@pytest.mark.parametrize("depth", sorted(OPTION_A_PUBLISHED))
+def test_option_a_parameter_count_is_exact(depth):
+    with keras.StatelessScope(initialize_variables=False):
+        model = backbones.get(f"resnet{depth}_option_a", num_classes=10)
+    count = _trainable_count(model)
+    shortcuts = [layer for layer in model.layers if isinstance(layer, resnet.OptionAShortcut)]
+    keras.utils.clear_session()
+    assert count == torch_resnet_option_a(depth, 10)
+    published = OPTION_A_PUBLISHED[depth]
+    digits = len(published.split(".")[1]) - 1
+    assert f"{count / 1e6:.{digits}f}M" == published
+    assert len(shortcuts) == 2 and not any(layer.weights for layer in shortcuts)
+
+
+def test_option_a_shortcut_is_every_second_pixel_zero_padded():
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype("float32")
+    out = keras.ops.convert_to_numpy(resnet.OptionAShortcut(2)(x))
+    expected = np.zeros((2, 3, 3, 8), "float32")
+    expected[..., 2:6] = x[:, ::2, ::2, :]
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("filters", [(32, 64, 128, 256), (16, 16, 32, 48), (15, 15, 30, 60)])
+def test_option_a_refuses_filters_it_cannot_pad(filters):
+    with pytest.raises(ValueError, match="option_a"):
+        resnet.ResNet(depth=8, filters=filters, shortcut="option_a")
+    with pytest.raises(ValueError, match="shortcut"):
+        resnet.ResNet(depth=8, shortcut="option_b")
 
 
 @pytest.mark.parametrize("name", sorted(TORCH_COUNTS))

@@ -71,7 +71,7 @@ FLAG_CASES = [
     (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of mobilenetv2,"),
     ([*STUDENT, "--student_arch=resnet7"], "--student_arch='resnet7' is not allowed: expected one of"),
     (["--dataset=imagenet"], "value should be one of <cifar10|cifar100|folder|tfds|synthetic>"),
-    (["--mode=train"], "value should be one of <teacher|student|export>"),
+    (["--mode=train"], "value should be one of <teacher|student|export|import>"),
     (["--optimizer=adam"], "value should be one of <torch_sgd|keras_sgd>"),
     (["--dtype_policy=float16"], "value should be one of <float32|mixed_float16|mixed_bfloat16>"),
     (["--epochs=0"], "--epochs=0 is not allowed: expected >= 1"),
@@ -110,6 +110,12 @@ FLAG_CASES = [
     ([*EXPORT, "--export_batch_size=-1"], "--export_batch_size=-1 is not allowed"),
     ([*EXPORT, "--parity_tolerance=0"], "--parity_tolerance=0.0 is not allowed"),
     ([*EXPORT, "--representative_examples=0"], "--representative_examples=0 is not allowed"),
+    (["--mode=import"], "--torch_checkpoint=None is not allowed: expected an existing PyTorch checkpoint file"),
+    (["--mode=import", "--torch_checkpoint={text}"],
+     "--torch_normalization=None is not allowed: expected one of cifar10, cifar100, imagenet or six numbers"),
+    (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=0.5,0.5,0.5,0.2,0.2"],
+     "--torch_normalization='0.5,0.5,0.5,0.2,0.2' is not allowed"),
+    (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=imagenet"], None),
 ]
 
 

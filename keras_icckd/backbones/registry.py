@@ -11,6 +11,9 @@ _X4_FILTERS = (32, 64, 128, 256)
 PRESETS = {
     **{f"resnet{d}": (ResNet, dict(depth=d, filters=_CIFAR_FILTERS))
        for d in (8, 14, 20, 32, 44, 56, 110)},
+    # He et al. 2016's CIFAR-10 networks with option-A shortcuts (akamaster/pytorch_resnet_cifar10).
+    **{f"resnet{d}_option_a": (ResNet, dict(depth=d, filters=_CIFAR_FILTERS, shortcut="option_a"))
+       for d in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": (ResNet, dict(depth=8, filters=_X4_FILTERS)),
     "resnet32x4": (ResNet, dict(depth=32, filters=_X4_FILTERS)),
     **{f"wrn_{d}_{k}": (WideResNet, dict(depth=d, widen_factor=k))

@@ -48,7 +48,7 @@ class WideResNet(Backbone):
         num_classes, input_shape, inputs = self._inputs(num_classes, input_shape)
         blocks = (depth - 4) // 6
 
-        x = conv(inputs, 16, 3, name="stem_conv")
+        x = conv(self._normalized_inputs(inputs, kwargs), 16, 3, name="stem_conv")
         feats, preacts = [x], [x]
         for stage, planes in enumerate((16 * widen_factor, 32 * widen_factor,
                                         64 * widen_factor), start=1):

@@ -29,6 +29,15 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Per-channel (mean, std) of RGB images scaled to [0, 1], by name.
+NORMALIZATIONS = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 # variant -> (canonical file name, md5, train members, test members, meta member, label key, names key)
 _CIFAR = {
@@ -570,14 +579,77 @@ def load(name, data_dir=None, **kwargs):
     return load_cifar_python(data_dir, variant=name, **kwargs)
 
 
+def feed_normalization_name(dataset, num_classes):
+    """Name (a key of `NORMALIZATIONS`) of the constants this project normalises a dataset with.
+
+    The one rule behind `normalization_for`: the CIFAR-100 constants for 100-class datasets, the
+    CIFAR-10 constants otherwise, whatever the source (a subset, a JPEG copy and the canonical
+    data are normalised alike).
+
+    Args:
+        dataset: the dataset's name (`Splits.name`), or None when only the class count is known.
+        num_classes: its number of classes.
+
+    Example:
+        >>> feed_normalization_name("cifar10-jpeg", 10), feed_normalization_name(None, 100)
+        ('cifar10', 'cifar100')
+    """
+    del dataset  # every dataset so far follows its class count
+    return "cifar100" if num_classes == 100 else "cifar10"
+
+
 def normalization_for(splits):
     """Per-channel (mean, std) used to normalise a dataset's images scaled to [0, 1].
 
-    Fixed published constants rather than statistics of the data at hand, so that a subset, a
-    JPEG copy and the canonical data are normalised alike: the CIFAR-100 constants for 100-class
-    datasets, the CIFAR-10 constants otherwise.
+    Fixed published constants rather than statistics of the data at hand (see
+    `feed_normalization_name` for which).
 
     Args:
         splits: a `Splits`.
     """
-    return (CIFAR100_MEAN, CIFAR100_STD) if splits.num_classes == 100 else (CIFAR10_MEAN, CIFAR10_STD)
+    return NORMALIZATIONS[feed_normalization_name(splits.name, splits.num_classes)]
+
+
+def parse_normalization(spec, argument="normalization"):
+    """A normalisation given by name or by numbers, as {"name", "mean", "std"}.
+
+    Args:
+        spec: a key of `NORMALIZATIONS` ("imagenet", "cifar10", "cifar100"), six numbers R,G,B
+            mean then R,G,B std (a sequence or a comma-separated string), a (mean, std) pair, or
+            a dict with "mean" and "std" (and optionally "name").
+        argument: the argument's name in error messages.
+
+    Returns:
+        {"name": the name or None, "mean": [3 floats], "std": [3 floats > 0]}.
+
+    Example:
+        >>> parse_normalization("0.5,0.5,0.5,0.25,0.25,0.25")["std"]
+        [0.25, 0.25, 0.25]
+        >>> parse_normalization("imagenet")["mean"]
+        [0.485, 0.456, 0.406]
+    """
+    allowed = (f"one of {', '.join(NORMALIZATIONS)} or six numbers R,G,B,R,G,B (mean then std, "
+               "std > 0)")
+    name = None
+    if isinstance(spec, str) and spec.strip().lower() in NORMALIZATIONS:
+        name = spec.strip().lower()
+        mean, std = NORMALIZATIONS[name]
+        values = list(mean) + list(std)
+    else:
+        try:
+            if isinstance(spec, dict):
+                name = spec.get("name")
+                values = list(spec["mean"]) + list(spec["std"])
+            elif isinstance(spec, str):
+                values = [float(v) for v in spec.split(",")]
+            elif len(spec) == 2:
+                values = list(spec[0]) + list(spec[1])
+            else:
+                values = list(spec)
+            values = [float(v) for v in values]
+        except (TypeError, ValueError, KeyError):
+            values = None
+        if values is None or len(values) != 6 or not np.all(np.isfinite(values)) \
+                or min(values[3:]) <= 0 or not (name is None or isinstance(name, str)):
+            raise ValueError(f"{argument}={spec!r} is not allowed: expected {allowed}")
+    return {"name": name, "mean": values[:3], "std": values[3:]}
