@@ -65,6 +65,10 @@ flags.DEFINE_integer("icc_cache_size", 4096, "Slots of the cache of earlier proj
 flags.DEFINE_enum("icc_margin_mode", "gate", ("gate", "hinge", "none"),
                   "Margin mechanism (reconstructed, see METHODS.md): gate | hinge | none.")
 flags.DEFINE_integer("icc_projection_dim", 128, "Output size of the teacher's projection head.")
+flags.DEFINE_string("init_model", None,
+                    "--mode=teacher: start from the weights of this .keras file (a backbone from --mode=import "
+                    "or any model the project writes; a teacher's file gives its backbone) instead of a random "
+                    "--arch; its architecture replaces --arch. The fine-tuning of published teachers.")
 flags.DEFINE_string("teacher", None, "--mode=student: the teacher's .keras file (from --mode=teacher).")
 flags.DEFINE_string("student_arch", "resnet8x4", "--mode=student: the student backbone preset.")
 flags.DEFINE_string("objectives", "kd:0.9",
@@ -136,6 +140,10 @@ def validate_flags():
              "representative_examples", ">= 1 when int8 is exported")
         need(FLAGS.parity_tolerance > 0, "parity_tolerance", "> 0")
     need(FLAGS.arch in backbones.names(), "arch", f"one of {', '.join(backbones.names())}")
+    if FLAGS.init_model is not None:
+        need(FLAGS.mode == "teacher", "init_model", "unset unless --mode=teacher")
+        need(os.path.isfile(FLAGS.init_model) and FLAGS.init_model.endswith(".keras"), "init_model",
+             "an existing .keras file (from --mode=import, --mode=teacher or --mode=student)")
     if FLAGS.mode == "student":
         need(FLAGS.student_arch in backbones.names(), "student_arch",
              f"one of {', '.join(backbones.names())}")
@@ -299,15 +307,25 @@ def build_teacher(splits, steps):
 
     # A CE teacher (one view) leaves the projection head without gradients, as intended.
     warnings.filterwarnings("ignore", message=r"Gradients do not exist for variables \['projection_")
-    backbone = backbones.get(FLAGS.arch, num_classes=splits.num_classes,
-                             input_shape=splits.train_images.shape[1:])
+    if FLAGS.init_model:
+        from keras_icckd.models import load_teacher
+
+        try:
+            backbone = load_teacher(FLAGS.init_model)
+        except ValueError as e:
+            raise app.UsageError(f"--init_model={FLAGS.init_model!r}: {e}")
+        check_fits_data("init_model", backbone, splits)
+    else:
+        backbone = backbones.get(FLAGS.arch, num_classes=splits.num_classes,
+                                 input_shape=splits.train_images.shape[1:])
+    arch = backbone.name
     teacher = ContrastiveTeacher(
         backbone, icc_lambda=FLAGS.icc_lambda, icc_delta=FLAGS.icc_delta, icc_tau=FLAGS.icc_tau,
         icc_cache_size=FLAGS.icc_cache_size, icc_margin_mode=FLAGS.icc_margin_mode,
         projection_dim=FLAGS.icc_projection_dim)
     return dict(model=teacher, saved=teacher, backbone=backbone, views=2 if FLAGS.icc_lambda > 0 else 1,
-                data_options={}, title=f"{FLAGS.arch} teacher, lambda={FLAGS.icc_lambda}",
-                results={"arch": FLAGS.arch})
+                data_options={}, title=f"{arch} teacher, lambda={FLAGS.icc_lambda}",
+                results={"arch": arch, "init_model": FLAGS.init_model and os.path.abspath(FLAGS.init_model)})
 
 
 KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100}
