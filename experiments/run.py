@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 FLAGS = flags.FLAGS
 
-MODES = ("teacher", "student", "export", "import")
+MODES = ("teacher", "student", "export", "import", "evaluate")
 DATASETS = ("cifar10", "cifar100", "folder", "tfds", "synthetic")
 
 flags.DEFINE_enum("mode", "teacher", MODES, "What to run.")
@@ -69,7 +69,8 @@ flags.DEFINE_string("init_model", None,
                     "--mode=teacher: start from the weights of this .keras file (a backbone from --mode=import "
                     "or any model the project writes; a teacher's file gives its backbone) instead of a random "
                     "--arch; its architecture replaces --arch. The fine-tuning of published teachers.")
-flags.DEFINE_string("teacher", None, "--mode=student: the teacher's .keras file (from --mode=teacher).")
+flags.DEFINE_string("teacher", None, "--mode=student: the teacher's .keras file (from --mode=teacher or --mode=import); "
+                    "without it the student trains with cross-entropy alone.")
 flags.DEFINE_string("student_arch", "resnet8x4", "--mode=student: the student backbone preset.")
 flags.DEFINE_string("objectives", "kd:0.9",
                     "--mode=student: weighted distillation objectives, e.g. kd:0.9,rkd:1 or "
@@ -95,7 +96,8 @@ flags.DEFINE_integer("num_processes", 1, "Multi-host JAX: processes in the job (
 flags.DEFINE_integer("process_id", 0, "Multi-host JAX: this process's id in [0, --num_processes).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host JAX: host:port of process 0.")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/tensorboard.")
-flags.DEFINE_string("model", None, "--mode=export: the student's .keras file (from --mode=student).")
+flags.DEFINE_string("model", None, "--mode=export: a .keras file (student, imported model, or a teacher: its backbone); "
+                    "--mode=evaluate: the same, or a .tflite file from --mode=export.")
 flags.DEFINE_list("export_quantizations", ["float32", "float16", "int8"],
                   "--mode=export: TFLite files to write (float32, float16, int8).")
 flags.DEFINE_bool("export_int8_io", False, "--mode=export: int8 input/output tensors in the int8 file.")
@@ -108,6 +110,9 @@ flags.DEFINE_string("torch_checkpoint", None,
                     "--mode=import: a PyTorch checkpoint (.pt/.pth/.th) of a CIFAR network: RepDistiller / "
                     "mdistiller / chenyaofo layouts or akamaster's option-A ResNets. --arch names the preset "
                     "(default: inferred from the keys and shapes); with --dataset, its test top-1 is measured.")
+flags.DEFINE_float("evaluate_temperature", 4.0,
+                   "--mode=evaluate: temperature T of the soft-label statistics (entropy and off-true-class mass "
+                   "of softmax(z/T), the distillation temperature).")
 flags.DEFINE_string("torch_normalization", None,
                     "--mode=import: how the checkpoint's training images were normalised: imagenet, cifar10, "
                     "cifar100 or R,G,B,R,G,B (mean then std of pixels in [0, 1]). akamaster: imagenet.")
@@ -129,9 +134,13 @@ def validate_flags():
 
     if FLAGS.mode == "import":
         validate_import_flags(need)
+    if FLAGS.mode == "evaluate":
+        need(FLAGS.model and os.path.isfile(FLAGS.model) and FLAGS.model.endswith((".keras", ".tflite")), "model",
+             "an existing .keras file written by keras_icckd or .tflite file written by --mode=export")
+        need(FLAGS.evaluate_temperature > 0, "evaluate_temperature", "> 0")
     if FLAGS.mode == "export":
         need(FLAGS.model and os.path.isfile(FLAGS.model) and FLAGS.model.endswith(".keras"), "model",
-             "an existing .keras file written by --mode=student")
+             "an existing .keras file written by keras_icckd (a student, an imported model or a teacher)")
         need(FLAGS.export_quantizations and set(FLAGS.export_quantizations) <= set(export.QUANTIZATIONS)
              and len(set(FLAGS.export_quantizations)) == len(FLAGS.export_quantizations),
              "export_quantizations", f"distinct names from {', '.join(export.QUANTIZATIONS)}")
@@ -147,8 +156,12 @@ def validate_flags():
     if FLAGS.mode == "student":
         need(FLAGS.student_arch in backbones.names(), "student_arch",
              f"one of {', '.join(backbones.names())}")
-        need(FLAGS.teacher and os.path.isfile(FLAGS.teacher) and FLAGS.teacher.endswith(".keras"),
-             "teacher", "an existing .keras file written by --mode=teacher")
+        need(FLAGS.teacher is None or (FLAGS.teacher and os.path.isfile(FLAGS.teacher)
+                                       and FLAGS.teacher.endswith(".keras")),
+             "teacher", "an existing .keras file written by --mode=teacher or --mode=import (no --teacher: CE alone)")
+        for name in ("objectives", "ce_weight"):
+            need(FLAGS.teacher or not FLAGS[name].present, name,
+                 "no value without --teacher (the student then trains with cross-entropy alone)")
         try:
             parsed = objectives.parse(FLAGS.objectives)
         except ValueError as e:
@@ -351,11 +364,27 @@ def load_student_teacher():
     return _TEACHER[FLAGS.teacher]
 
 
+def build_plain_student(splits):
+    """--mode=student without --teacher: the --student_arch backbone trained with CE alone, saved plain."""
+    from keras_icckd import backbones
+    from keras_icckd.models import ContrastiveTeacher
+
+    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes,
+                            input_shape=splits.train_images.shape[1:])
+    # lambda 0: cross-entropy alone; its unused projection head is frozen and not saved.
+    model = ContrastiveTeacher(student, icc_lambda=0.0, icc_cache_size=0)
+    return dict(model=model, saved=student, backbone=student, views=1, data_options={},
+                title=f"{FLAGS.student_arch} student, cross-entropy alone",
+                results={"arch": FLAGS.student_arch, "teacher": None, "objectives": {}, "ce_weight": 1.0})
+
+
 def build_student(splits, steps):
     """--mode=student: a Distiller from the --teacher file into a --student_arch student."""
     from keras_icckd import backbones
     from keras_icckd.models import Distiller
 
+    if not FLAGS.teacher:
+        return build_plain_student(splits)
     teacher = load_student_teacher()
     check_fits_data("teacher", teacher, splits)
     student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes,
@@ -578,6 +607,76 @@ def run_import():
     print(f"results: {os.path.abspath(metrics_path)}")
 
 
+def run_evaluate():
+    """--mode=evaluate: metrics.json and evaluation.png of --model (.keras or .tflite) on the test set."""
+    import json
+
+    import keras
+    import numpy as np
+
+    from keras_icckd import data, evaluation, export, training
+
+    path = FLAGS.model
+    if path.endswith(".tflite"):
+        try:
+            model = export.TFLiteRunner(path)
+        except Exception as e:  # noqa: BLE001  (the interpreter raises several types on bad files)
+            raise app.UsageError(f"--model={path!r} is not a readable .tflite file: {e}")
+        classes, shape = int(model.output["shape"][-1]), tuple(int(d) for d in model.input["shape"][1:])
+        name = os.path.basename(path)
+    else:
+        try:
+            model = export.load_student(path)
+        except export.ExportError as e:
+            raise app.UsageError(f"--model={path!r}: {e}")
+        classes, shape, name = model.num_classes, tuple(model.input.shape[1:]), model.name
+    splits = load_splits()
+    data_shape = tuple(splits.test_images.shape[1:])
+    if classes != splits.num_classes or shape != data_shape:
+        raise app.UsageError(f"--model={path!r} was made for {classes} classes of {shape} images, but "
+                             f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of {data_shape} images")
+    mean, std = data.normalization_for(splits)
+    if path.endswith(".tflite"):  # export.json beside the file records what it is fed
+        report_path = os.path.join(os.path.dirname(path), "export.json")
+        recorded = json.load(open(report_path)).get("normalization") if os.path.isfile(report_path) else None
+        if recorded and not (np.allclose(recorded["mean"], mean, atol=1e-6) and np.allclose(recorded["std"], std, atol=1e-6)):
+            raise app.UsageError(f"--model={path!r} was exported for images normalised with {recorded} ({report_path}), "
+                                 f"but --dataset={FLAGS.dataset} is normalised with mean {list(mean)}, std {list(std)}")
+    else:
+        check_fits_data("model", model, splits)
+    logging.info("evaluating %s on %d %s test images", path, len(splits.test_labels), splits.name)
+    logits, _ = evaluation.predict(model, normalise(splits.test_images, mean, std), FLAGS.eval_batch_size,
+                                   embedding=False)
+    results = {"mode": "evaluate", "model": os.path.abspath(path), "format": "tflite" if path.endswith(".tflite")
+               else "keras", "arch": name, "dataset": splits.name, "num_classes": splits.num_classes,
+               "class_names": list(splits.class_names), "normalization": {"mean": list(mean), "std": list(std)},
+               **evaluation.evaluate_logits(logits, splits.test_labels, splits.num_classes,
+                                            temperature=FLAGS.evaluate_temperature)}
+    if not path.endswith(".tflite") and FLAGS.diagnostic_examples:
+        sample = splits.subset(max_test=min(FLAGS.diagnostic_examples, len(splits.test_labels)), seed=FLAGS.seed)
+        _, embeddings = evaluation.predict(model, normalise(sample.test_images, mean, std), FLAGS.eval_batch_size)
+        results["class_distances"] = {"num_examples": len(sample.test_labels),
+                                      **training.class_distance_stats(embeddings, sample.test_labels)}
+    results.update(flags=flag_values(), backend=keras.backend.backend(), keras_version=keras.__version__)
+    metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")
+    picture_path = os.path.join(FLAGS.output_dir, "evaluation.png")
+    training.atomic_write_json(results, metrics_path)
+    evaluation.plot_evaluation(results, picture_path, splits.class_names,
+                               title=f"{name} on {results['num_test']} {splits.name} test images")
+    soft = results["soft_labels"]
+    print(f"{name} on {results['num_test']} {splits.name} test images: top-1 {results['test_top1']:.2f}%, "
+          f"top-5 {results['test_top5']:.2f}%, ECE {results['ece']:.4f} ({results['ece_bins']} bins)")
+    print(f"soft labels at T={soft['temperature']:g}: entropy {soft['mean_entropy']:.4f} nats, off-class mass "
+          f"{soft['mean_off_class_mass']:.4f}; within-class std (mean over classes): entropy "
+          f"{soft['mean_over_classes']['entropy_std']:.4f}, off-class mass "
+          f"{soft['mean_over_classes']['off_class_mass_std']:.4f}")
+    if "class_distances" in results:
+        print(f"intra/inter-class distance ratio: {results['class_distances']['intra_inter_ratio']:.4f} "
+              f"({results['class_distances']['num_examples']} test images)")
+    print(f"results: {os.path.abspath(metrics_path)}")
+    print(f"picture: {os.path.abspath(picture_path)}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -588,10 +687,13 @@ def main(argv):
     if FLAGS.mode == "import":
         run_import()
         return
+    if FLAGS.mode == "evaluate":
+        run_evaluate()
+        return
     import keras
 
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
-    if FLAGS.mode == "student":
+    if FLAGS.mode == "student" and FLAGS.teacher:
         load_student_teacher()  # a foreign or mismatched teacher fails before any data is read
     run({"teacher": build_teacher, "student": build_student}[FLAGS.mode])
 

@@ -58,7 +58,7 @@ def validate(argv, files):
         finally:
             run.FLAGS = saved
             for flag in run.FLAGS.get_flags_for_module(run):
-                flag.value = flag.default
+                flag.value, flag.present = flag.default, 0
     except (app.UsageError, flags.Error) as e:
         return str(e)
     return None
@@ -71,7 +71,7 @@ FLAG_CASES = [
     (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of mobilenetv2,"),
     ([*STUDENT, "--student_arch=resnet7"], "--student_arch='resnet7' is not allowed: expected one of"),
     (["--dataset=imagenet"], "value should be one of <cifar10|cifar100|folder|tfds|synthetic>"),
-    (["--mode=train"], "value should be one of <teacher|student|export|import>"),
+    (["--mode=train"], "value should be one of <teacher|student|export|import|evaluate>"),
     (["--optimizer=adam"], "value should be one of <torch_sgd|keras_sgd>"),
     (["--dtype_policy=float16"], "value should be one of <float32|mixed_float16|mixed_bfloat16>"),
     (["--epochs=0"], "--epochs=0 is not allowed: expected >= 1"),
@@ -98,7 +98,12 @@ FLAG_CASES = [
     ([*STUDENT, "--objectives="], "--objectives='' is not allowed"),
     ([*STUDENT, "--ce_weight=-1"], "--ce_weight=-1.0 is not allowed: expected >= 0"),
     (["--mode=student", "--teacher=/nonexistent/t.keras"], "--teacher='/nonexistent/t.keras' is not allowed"),
-    (["--mode=student"], "--teacher=None is not allowed"),
+    (["--mode=student"], None),  # no --teacher: the student trains with cross-entropy alone
+    (["--mode=student", "--objectives=kd:1"], "--objectives='kd:1' is not allowed: expected no value without --teacher"),
+    (["--mode=student", "--ce_weight=0.5"], "--ce_weight=0.5 is not allowed: expected no value without --teacher"),
+    (["--mode=student", "--teacher="], "--teacher='' is not allowed"),
+    (["--mode=evaluate"], "--model=None is not allowed: expected an existing .keras file written by keras_icckd or"),
+    (["--mode=evaluate", "--model={text}", "--evaluate_temperature=0"], "--evaluate_temperature=0.0 is not allowed"),
     (["--dataset=cifar100"], "--data_dir=None is not allowed: expected a path with --dataset=cifar100"),
     (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar' is not allowed"),
     (["--dataset=tfds"], "--tfds_name=None is not allowed"),
