@@ -305,6 +305,8 @@ def resume_point(path):
         raise app.UsageError(f"{e}; delete it or pass --noresume to start over")
     settings = {k: v for k, v in flag_values().items() if k not in RESUMABLE_CHANGES}
     saved = {k: v for k, v in record.get("flags", {}).items() if k not in RESUMABLE_CHANGES}
+    for k in set(settings) - set(saved):  # a flag newer than the checkpoint ran at its default
+        saved[k] = FLAGS[k].default
     changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
     if changed:
         diff = ", ".join(f"--{k}={saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
