@@ -110,12 +110,12 @@ flags.DEFINE_string("torch_checkpoint", None,
                     "--mode=import: a PyTorch checkpoint (.pt/.pth/.th) of a CIFAR network: RepDistiller / "
                     "mdistiller / chenyaofo layouts or akamaster's option-A ResNets. --arch names the preset "
                     "(default: inferred from the keys and shapes); with --dataset, its test top-1 is measured.")
-flags.DEFINE_float("evaluate_temperature", 4.0,
-                   "--mode=evaluate: temperature T of the soft-label statistics (entropy and off-true-class mass "
-                   "of softmax(z/T), the distillation temperature).")
 flags.DEFINE_string("torch_normalization", None,
                     "--mode=import: how the checkpoint's training images were normalised: imagenet, cifar10, "
                     "cifar100 or R,G,B,R,G,B (mean then std of pixels in [0, 1]). akamaster: imagenet.")
+flags.DEFINE_float("evaluate_temperature", 4.0,
+                   "--mode=evaluate: temperature T of the soft-label statistics (entropy and off-true-class mass "
+                   "of softmax(z/T), the distillation temperature).")
 
 flags.mark_flag_as_required("output_dir")
 
@@ -572,7 +572,7 @@ def run_import():
     import keras
     import numpy as np
 
-    from keras_icckd import backbones, data, export, training
+    from keras_icckd import backbones, data, evaluation, training
     from keras_icckd.data import sources
 
     splits, feed, input_shape = None, None, (32, 32, 3)
@@ -594,9 +594,11 @@ def run_import():
     if splits is not None:
         check_fits_data("torch_checkpoint", model, splits)
         mean, std = data.normalization_for(splits)
-        logits = export.keras_logits(model, normalise(splits.test_images, mean, std), FLAGS.eval_batch_size)
+        logits, _ = evaluation.predict(model, normalise(splits.test_images, mean, std), FLAGS.eval_batch_size,
+                                       embedding=False)
         results.update(dataset=splits.name, num_test=len(splits.test_labels),
-                       test_top1=100.0 * float(np.mean(np.argmax(logits, -1) == splits.test_labels)))
+                       test_top1=evaluation.top_k_accuracy(logits, splits.test_labels, 1),
+                       test_top5=evaluation.top_k_accuracy(logits, splits.test_labels, 5))
     model_path = os.path.join(FLAGS.output_dir, "model.keras")
     metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")
     training.atomic_save_model(model, model_path)
