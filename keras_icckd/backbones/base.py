@@ -6,7 +6,8 @@ Every backbone is a functional `keras.Model` whose single forward pass returns a
 - "embedding": the pooled penultimate feature, input of the classifier, (B, d);
 - "feat0" .. "featK": each stage's feature map after its last activation ("feat0" = the stem);
 - "preact0" .. "preactK": the same maps before that activation (equal to the feat where the
-  stage ends without one).
+  stage ends without one);
+- family-specific maps that a reference method uses instead (WideResNet: "stage1".."stage3").
 
 Numerics follow PyTorch: BatchNorm epsilon 1e-5 and momentum 0.1 (Keras momentum 0.9), 3x3
 convolutions padded by 1 on every side (stride-2 ones by an explicit `ZeroPadding2D(1)` and a
@@ -246,7 +247,8 @@ class Backbone(keras.Model):
         num_classes, input_shape = _check_args(num_classes, input_shape)
         return num_classes, input_shape, keras.Input(shape=input_shape, name="images")
 
-    def _build_backbone(self, inputs, feats, preacts, embedding, logits, config, name, **kwargs):
+    def _build_backbone(self, inputs, feats, preacts, embedding, logits, config, name,
+                        extra_outputs=None, **kwargs):
         if len(feats) != len(preacts):
             raise ValueError("feats and preacts must have the same length")
         outputs = {"logits": logits, "embedding": embedding}
@@ -255,6 +257,7 @@ class Backbone(keras.Model):
             # One tensor cannot be two outputs: stages without a final activation get a copy.
             outputs[f"preact{i}"] = layers.Identity(name=f"preact{i}")(preact) \
                 if preact is feat else preact
+        outputs.update(extra_outputs or {})  # family-specific maps, e.g. WRN's "stage<k>"
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self._backbone_config = dict(config, name=name)
         self.num_classes = int(logits.shape[-1])

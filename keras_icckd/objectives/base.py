@@ -154,6 +154,32 @@ def feature_size(shapes, feature, side, method):
     return math.prod(shape[1:])
 
 
+STAGE_MAPS = ("reference", "feat", "preact")
+
+
+def stage_map_name(shapes, k, maps, method):
+    """The backbone output that holds stage k's map for `maps`; a clear error when there is none.
+
+    "reference": the map the references' feature list (RepDistiller/mdistiller `feats`) holds,
+    i.e. "stage<k>" where the backbone exposes it (WideResNet: the raw stage sums) and "feat<k>"
+    everywhere else (the backbones whose stage output is the activated map); "feat": always
+    the post-activation "feat<k>"; "preact": "preact<k>".
+    """
+    if maps not in STAGE_MAPS:
+        raise ValueError(f"{method} maps={maps!r}: expected one of {STAGE_MAPS}")
+    if maps == "reference" and f"stage{k}" in shapes:
+        return f"stage{k}"
+    return f"{'preact' if maps == 'preact' else 'feat'}{k}"
+
+
+def num_stage_maps(shapes):
+    """The number K + 1 of "feat0".."featK" outputs in a shapes dict."""
+    k = 0
+    while f"feat{k}" in shapes:
+        k += 1
+    return k
+
+
 class EmbeddingHeads:
     """Mixin for objectives that embed both networks' `self.feature` with a Dense head each.
 
