@@ -227,6 +227,20 @@ def test_fitnet_regressor_is_convreg(s_size, t_size, kernel, layers):
     np.testing.assert_allclose(to_numpy(h), reference, rtol=1e-5, atol=1e-5)
 
 
+def test_fitnet_stride_two_regressor_hand_worked():
+    # A 2x2 map of ones onto 1x1: PyTorch pads (1, 1), so the one output sees kernel rows and
+    # columns 1..2; Keras' 'same' would pad (0, 1) and see rows and columns 0..1.
+    fitnet = objectives.FitNet()
+    fitnet.setup({"feat2": (None, 2, 2, 1)}, {"feat2": (None, 1, 1, 1)})
+    conv = fitnet.regressor.get_layer("regressor_conv")
+    conv.kernel.assign(np.arange(9, dtype="float32").reshape(3, 3, 1, 1))
+    conv.bias.assign(np.array([0.5], "float32"))
+    h = np.ones((1, 2, 2, 1), "float32")
+    for layer in fitnet.regressor.layers[:2]:
+        h = layer(h)
+    assert float(to_numpy(h)[0, 0, 0, 0]) == (4 + 5 + 7 + 8) + 0.5
+
+
 def test_fitnet_refuses_a_map_it_cannot_regress():
     with pytest.raises(ValueError, match="cannot map"):
         objectives.FitNet().setup({"feat2": (None, 3, 3, 4)}, {"feat2": (None, 8, 8, 4)})
