@@ -282,3 +282,12 @@ def test_distiller_total_is_the_weighted_sum_and_agreement_is_measured(distiller
     assert results["accuracy"] == pytest.approx(np.mean(top == Y))
     # every weight counts: another set of weights gives its own weighted sum
     assert abs(weighted - (expected["ce"] + sum(v for k, v in expected.items() if k != "ce"))) > 1e-2
+
+
+def test_options_reach_the_objectives_from_an_objectives_string():
+    (at, weight), (kd, kd_weight), (dcd, _) = objectives.parse(
+        "at(stages=(1,2);maps='feat'):1000,kd:0.5,dcd(learnable=False)")
+    assert (at.stages, at.maps, weight) == ((1, 2), "feat", 1000.0) and (kd, kd_weight) == ("kd", 0.5)
+    assert dcd.learnable is False
+    with pytest.raises(ValueError, match="is not key=value"):  # the options' ")" is missing
+        objectives.parse("at(stages=(1,2):1")
