@@ -6,7 +6,8 @@ Every backbone is a functional `keras.Model` whose single forward pass returns a
 - "embedding": the pooled penultimate feature, input of the classifier, (B, d);
 - "feat0" .. "featK": each stage's feature map after its last activation ("feat0" = the stem);
 - "preact0" .. "preactK": the same maps before that activation (equal to the feat where the
-  stage ends without one).
+  stage ends without one);
+- family-specific maps that a reference method uses instead (WideResNet: "stage1".."stage3").
 
 Numerics follow PyTorch: BatchNorm epsilon 1e-5 and momentum 0.1 (Keras momentum 0.9), 3x3
 convolutions padded by 1 on every side (stride-2 ones by an explicit `ZeroPadding2D(1)` and a
@@ -371,7 +372,8 @@ class Backbone(keras.Model):
         return InputRenormalization(feed["mean"], feed["std"], network["mean"], network["std"],
                                     name="input_normalization")(inputs)
 
-    def _build_backbone(self, inputs, feats, preacts, embedding, logits, config, name, **kwargs):
+    def _build_backbone(self, inputs, feats, preacts, embedding, logits, config, name,
+                        extra_outputs=None, **kwargs):
         if len(feats) != len(preacts):
             raise ValueError("feats and preacts must have the same length")
         normalization = canonical_input_normalization(kwargs.pop("input_normalization", None))
@@ -381,6 +383,7 @@ class Backbone(keras.Model):
             # One tensor cannot be two outputs: stages without a final activation get a copy.
             outputs[f"preact{i}"] = layers.Identity(name=f"preact{i}")(preact) \
                 if preact is feat else preact
+        outputs.update(extra_outputs or {})  # family-specific maps, e.g. WRN's "stage<k>"
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         if normalization is not None:
             if not any(layer.name == "input_normalization" for layer in self.layers):
