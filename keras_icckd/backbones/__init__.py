@@ -13,7 +13,7 @@ from keras_icckd.backbones.registry import PRESETS, get, names
 from keras_icckd.backbones.resnet import ResNet
 from keras_icckd.backbones.vgg import VGG, VGG_CONFIGS
 from keras_icckd.backbones.wrn import WideResNet
-from keras_icckd.backbones.wrap import ClassifierLogits, WrappedBackbone, wrap
+from keras_icckd.backbones.wrapped import ClassifierLogits, WrappedBackbone, wrap
 
 __all__ = ["Backbone", "ChannelShuffle", "ChannelSplit", "FusedBatchNorm", "ImageNetResNet", "MobileNetV1",
            "MobileNetV2", "PRESETS", "ResNet", "ShuffleNetV2", "VGG", "VGG_CONFIGS", "WideResNet", "WrappedBackbone", "ClassifierLogits", "get", "names", "wrap"]
