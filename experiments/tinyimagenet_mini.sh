@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reduced Tiny-ImageNet run for 2 CPU cores (experiments/results/tinyimagenet.md): the real Tiny-ImageNet
-# (../shared/datasets/tinyimagenet200-jpeg.tar.gz, or DATA=PATH) at 32 x 32, a class-balanced 20,000 / 2,000
+# (../shared/datasets/tinyimagenet200-jpeg.tar.gz, or DATA=PATH) at 32 x 32, a class-balanced 10,000 / 2,000
 # subset; an ICC resnet20 teacher -> a KD resnet8 student -> TFLite float32 / float16 / int8, verified on
 # the 2,000 test images. Finished steps are reused, interrupted ones resume. Prints a Markdown table.
 set -euo pipefail
@@ -19,7 +19,7 @@ flags=experiments/flags/tinyimagenet
     --output_dir="$out/student_kd_icc"
 [[ -f "$out/export/export.json" ]] ||
   .venv/bin/python experiments/run.py --mode=export --model="$out/student_kd_icc/model.keras" --dataset=tinyimagenet \
-    --image_size=32 --max_train_examples=20000 --max_test_examples=2000 --representative_examples=256 "${data[@]}" --output_dir="$out/export"
+    --image_size=32 --max_train_examples=10000 --max_test_examples=2000 --representative_examples=256 "${data[@]}" --output_dir="$out/export"
 .venv/bin/python - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
