@@ -8,12 +8,12 @@ one.
 
 Why not keras.applications: `keras.applications.ResNet50` is the original Caffe-style ResNet v1
 (stride 2 on the first 1x1 convolution of a downsampling bottleneck, convolutions with biases),
-not torchvision's v1.5 (stride on the 3x3 convolution, no conv biases): other weights, other
-parameter count (25,636,712), and torchvision checkpoints do not map onto it. keras.applications
-has no ResNet18 or ResNet34. Its `MobileNet` is Howard et al.'s TensorFlow model (ReLU6,
-TensorFlow's asymmetric stride-2 padding, dropout and a biased 1x1-conv classifier; 4,253,864
-parameters), not the ReLU network of the distillation papers. None of them exposes the stage
-features the feature objectives read.
+not torchvision's v1.5 (stride on the 3x3 convolution, no conv biases): another function, 25,583,592
+trainable parameters instead of 25,557,032, and torchvision checkpoints do not map onto it.
+keras.applications has no ResNet18 or ResNet34. Its `MobileNet` has the same 4,231,976 trainable
+parameters as the distillation papers' network but computes another function (ReLU6, TensorFlow's
+asymmetric stride-2 padding, dropout before a 1x1-conv classifier). None of them exposes the stage
+features the feature objectives read (`backbones.wrap` can add them by layer name).
 """
 
 import keras
