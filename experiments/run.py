@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 FLAGS = flags.FLAGS
 
 MODES = ("teacher", "student", "export", "import", "evaluate")
-DATASETS = ("cifar10", "cifar100", "folder", "tfds", "synthetic")
+DATASETS = ("cifar10", "cifar100", "folder", "tfds", "synthetic", "tinyimagenet")
 
 flags.DEFINE_enum("mode", "teacher", MODES, "What to run.")
 flags.DEFINE_string("arch", "resnet32x4", "Backbone preset (see keras_icckd.backbones.names()).")
@@ -40,6 +40,19 @@ flags.DEFINE_integer("synthetic_test_per_class", 10, "Test images per class, --d
 flags.DEFINE_integer("synthetic_subclasses", 1, "Sub-clusters inside each synthetic class.")
 flags.DEFINE_integer("max_train_examples", 0, "Use a class-balanced subset of the training set (0: all).")
 flags.DEFINE_integer("max_test_examples", 0, "Use a class-balanced subset of the test set (0: all).")
+flags.DEFINE_integer("image_size", 0,
+                     "Train and evaluate on image_size x image_size images (0: the dataset's own size; 224 with "
+                     "--stream). In-memory datasets are resized once when loaded (PIL's antialiased bilinear "
+                     "filter), e.g. --dataset=tinyimagenet --image_size=32; with --stream it is the crop size.")
+flags.DEFINE_bool("stream", False,
+                  "Read the data lazily instead of into memory, for datasets larger than memory: --dataset=folder "
+                  "(a directory or uncompressed .tar laid out train/<class>/..., val/<class>/..., images of any "
+                  "size) or --dataset=tfds. Training: RandomResizedCrop(--image_size) + flip; evaluation: resize "
+                  "to --eval_resize + centre crop; ImageNet's mean and std.")
+flags.DEFINE_integer("eval_resize", 0, "--stream: shorter side of evaluation images before the centre crop "
+                     "(0: image_size * 256 / 224, i.e. 256 for 224).")
+flags.DEFINE_integer("shuffle_window", 10000, "--stream with --dataset=tfds: examples shuffled together per epoch.")
+flags.DEFINE_string("tfds_test_split", "test", "--dataset=tfds: the split evaluated (ImageNet's is 'validation').")
 flags.DEFINE_integer("epochs", 240, "Training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
@@ -173,6 +186,16 @@ def validate_flags():
          f"a path with --dataset={FLAGS.dataset} (nothing is downloaded)")
     if FLAGS.data_dir:
         need(os.path.exists(FLAGS.data_dir), "data_dir", "an existing path")
+    need(FLAGS.image_size >= 0, "image_size", ">= 0 (0: the dataset's own size)")
+    need(not FLAGS.stream or FLAGS.dataset in ("folder", "tfds"), "stream",
+         "False unless --dataset=folder or --dataset=tfds (the other datasets fit in memory)")
+    need(not FLAGS.stream or FLAGS.mode in ("teacher", "student", "export"), "stream",
+         "False with --mode=import or --mode=evaluate (they read the test set into memory)")
+    need(not FLAGS.stream or FLAGS.data_dir or FLAGS.dataset == "tfds", "data_dir",
+         "the image folder or .tar archive to stream with --stream --dataset=folder")
+    need(FLAGS.eval_resize == 0 or FLAGS.eval_resize >= (FLAGS.image_size or 224), "eval_resize",
+         "0 or at least --image_size (the evaluation crop is cut from the resized image)")
+    need(FLAGS.shuffle_window >= 1, "shuffle_window", ">= 1")
     for name in ("epochs", "batch_size", "eval_batch_size", "synthetic_classes",
                  "synthetic_train_per_class", "synthetic_test_per_class", "synthetic_subclasses",
                  "icc_projection_dim"):
@@ -233,22 +256,83 @@ def validate_import_flags(need):
         raise app.UsageError(f"--mode=import: {e}")
 
 
+def load_stream():
+    """--stream: the ImageStream of --dataset=folder or tfds (an index in memory, images read lazily)."""
+    from keras_icckd.data import streaming
+
+    size = FLAGS.image_size or 224
+    if FLAGS.dataset == "tfds":
+        stream = streaming.open_tfds_stream(FLAGS.tfds_name, FLAGS.data_dir, test_split=FLAGS.tfds_test_split,
+                                            image_size=size, resize_size=FLAGS.eval_resize or None,
+                                            shuffle_window=FLAGS.shuffle_window)
+    else:
+        stream = streaming.open_image_stream(FLAGS.data_dir, image_size=size, resize_size=FLAGS.eval_resize or None)
+    return stream.subset(FLAGS.max_train_examples or None, FLAGS.max_test_examples or None, seed=FLAGS.seed)
+
+
+def is_stream(splits):
+    """Whether the data is an ImageStream (--stream) rather than in-memory Splits."""
+    from keras_icckd.data import streaming
+
+    return isinstance(splits, streaming.ImageStream)
+
+
+def normalization_of(splits):
+    from keras_icckd import data
+
+    return (splits.mean, splits.std) if is_stream(splits) else data.normalization_for(splits)
+
+
+def count(splits, split):
+    """Number of images of a split ("train" or "test")."""
+    if is_stream(splits):
+        return splits.num_train if split == "train" else splits.num_test
+    return len(getattr(splits, f"{split}_labels"))
+
+
+def image_shape(splits):
+    return tuple(splits.image_shape) if is_stream(splits) else tuple(splits.train_images.shape[1:])
+
+
+def eval_sample(splits, n, split="test"):
+    """(normalised float32 images, labels) of n class-balanced images of a split, in memory."""
+    if is_stream(splits) and splits.train_labels is None:  # TFDS: the first n, in stored (shuffled) order
+        return stream_head(splits, n, split)
+    if is_stream(splits):
+        return splits.subset(**{f"max_{split}": n}, seed=FLAGS.seed).eval_arrays(split)
+    sample = splits.subset(**{f"max_{split}": n}, seed=FLAGS.seed)
+    mean, std = normalization_of(splits)
+    return normalise(getattr(sample, f"{split}_images"), mean, std), getattr(sample, f"{split}_labels")
+
+
+def stream_head(stream, n, split):
+    import numpy as np
+
+    batches = stream.eval_dataset(min(n, 256), split).unbatch().take(n).batch(n).as_numpy_iterator()
+    images, labels = next(batches)
+    return images, np.asarray(labels, np.int32)
+
+
 def load_splits():
     from keras_icckd import data
 
+    if FLAGS.stream:
+        return load_stream()
     if FLAGS.dataset == "synthetic":
         splits = data.make_synthetic(
             num_classes=FLAGS.synthetic_classes, train_per_class=FLAGS.synthetic_train_per_class,
             test_per_class=FLAGS.synthetic_test_per_class, subclasses=FLAGS.synthetic_subclasses,
             seed=FLAGS.seed)
     else:
-        kwargs = {"tfds_name": FLAGS.tfds_name} if FLAGS.dataset == "tfds" else {}
+        kwargs = {"tfds_name": FLAGS.tfds_name, "test_split": FLAGS.tfds_test_split} if FLAGS.dataset == "tfds" else {}
         if FLAGS.dataset in ("cifar10", "cifar100"):
             kwargs["verify_checksum"] = FLAGS.verify_checksum
         splits = data.load(FLAGS.dataset, FLAGS.data_dir, **kwargs)
     if FLAGS.max_train_examples or FLAGS.max_test_examples:
         splits = splits.subset(FLAGS.max_train_examples or None, FLAGS.max_test_examples or None,
                                seed=FLAGS.seed)
+    if FLAGS.image_size:
+        splits = splits.resized(FLAGS.image_size)
     return splits
 
 
@@ -262,7 +346,7 @@ def normalise(images, mean, std):
 def check_fits_data(flag, model, splits):
     """Refuses a --teacher / --model whose classes or input shape differ from the dataset's."""
     classes, shape = int(model.output["logits"].shape[-1]), tuple(model.input.shape[1:])
-    data_shape = tuple(splits.train_images.shape[1:])
+    data_shape = image_shape(splits)
     if classes != splits.num_classes or shape != data_shape:
         raise app.UsageError(
             f"--{flag}={getattr(FLAGS, flag)!r} was trained for {classes} classes on {shape} images, but "
@@ -270,7 +354,7 @@ def check_fits_data(flag, model, splits):
     from keras_icckd import backbones, data
 
     try:  # an imported model records the normalisation it must be fed
-        backbones.check_feed_normalization(model, *data.normalization_for(splits),
+        backbones.check_feed_normalization(model, *normalization_of(splits),
                                            what=f"--{flag}={getattr(FLAGS, flag)!r}")
     except ValueError as e:
         raise app.UsageError(f"{e} (--dataset={FLAGS.dataset})")
@@ -332,7 +416,7 @@ def build_teacher(splits, steps):
         check_fits_data("init_model", backbone, splits)
     else:
         backbone = backbones.get(FLAGS.arch, num_classes=splits.num_classes,
-                                 input_shape=splits.train_images.shape[1:])
+                                 input_shape=image_shape(splits))
     arch = backbone.name
     teacher = ContrastiveTeacher(
         backbone, icc_lambda=FLAGS.icc_lambda, icc_delta=FLAGS.icc_delta, icc_tau=FLAGS.icc_tau,
@@ -371,8 +455,7 @@ def build_plain_student(splits):
     from keras_icckd import backbones
     from keras_icckd.models import ContrastiveTeacher
 
-    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes,
-                            input_shape=splits.train_images.shape[1:])
+    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes, input_shape=image_shape(splits))
     # lambda 0: cross-entropy alone; its unused projection head is frozen and not saved.
     model = ContrastiveTeacher(student, icc_lambda=0.0, icc_cache_size=0)
     return dict(model=model, saved=student, backbone=student, views=1, data_options={},
@@ -389,11 +472,10 @@ def build_student(splits, steps):
         return build_plain_student(splits)
     teacher = load_student_teacher()
     check_fits_data("teacher", teacher, splits)
-    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes,
-                            input_shape=splits.train_images.shape[1:])
+    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes, input_shape=image_shape(splits))
     try:
         distiller = Distiller(student, teacher, FLAGS.objectives, ce_weight=FLAGS.ce_weight,
-                              num_train=len(splits.train_labels))
+                              num_train=count(splits, "train"))
         data_options = distiller.data_options()
         for objective in distiller.objective_layers:
             if getattr(objective, "experimental", False):
@@ -431,13 +513,13 @@ def run(builder):
     except ValueError as e:
         raise app.UsageError(f"--distribution={FLAGS.distribution!r}: {e}")
     splits = load_splits()
-    mean, std = data.normalization_for(splits)
-    num_train = len(splits.train_labels)
+    mean, std = normalization_of(splits)
+    num_train = count(splits, "train")
     if FLAGS.batch_size > num_train:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} is larger than the {num_train} training images")
     sizes = {"batch_size": FLAGS.batch_size, "eval_batch_size": FLAGS.eval_batch_size,
-             "max_test_examples": len(splits.test_labels),
-             "diagnostic_examples": min(FLAGS.diagnostic_examples, len(splits.test_labels))}
+             "max_test_examples": count(splits, "test"),
+             "diagnostic_examples": min(FLAGS.diagnostic_examples, count(splits, "test"))}
     for name, size in sizes.items():
         if size % factor:
             raise app.UsageError(f"--{name}: {size} is not a multiple of the {factor} data-parallel devices "
@@ -446,15 +528,21 @@ def run(builder):
     run_ = builder(splits, steps)
     model = run_["model"]
     train_ds = None
-    if initial_epoch < FLAGS.epochs:
+    if initial_epoch < FLAGS.epochs and is_stream(splits):
+        train_ds = splits.train_dataset(FLAGS.batch_size, seed=FLAGS.seed, views=run_["views"], epochs=FLAGS.epochs,
+                                        initial_epoch=initial_epoch, **run_["data_options"])
+    elif initial_epoch < FLAGS.epochs:
         train_ds = data.make_train_dataset(
             splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
             std=std, views=run_["views"], epochs=FLAGS.epochs, initial_epoch=initial_epoch,
             **run_["data_options"])
-    test_ds = data.make_eval_dataset(splits.test_images, splits.test_labels,
-                                     FLAGS.eval_batch_size, mean=mean, std=std)
+    if is_stream(splits):
+        test_ds = splits.eval_dataset(FLAGS.eval_batch_size)
+    else:
+        test_ds = data.make_eval_dataset(splits.test_images, splits.test_labels,
+                                         FLAGS.eval_batch_size, mean=mean, std=std)
     logging.info("data: %s, %d train / %d test images, %d classes, %d view(s)", splits.name,
-                 num_train, len(splits.test_labels), splits.num_classes, run_["views"])
+                 num_train, count(splits, "test"), splits.num_classes, run_["views"])
     schedule = training.epoch_step_decay(
         FLAGS.lr, steps, [int(e) for e in FLAGS.lr_decay_epochs if int(e) < FLAGS.epochs],
         FLAGS.lr_decay_rate, warmup_epochs=FLAGS.lr_warmup_epochs)
@@ -478,10 +566,8 @@ def run(builder):
 
     callbacks = []
     if FLAGS.diagnostic_examples:
-        n = min(FLAGS.diagnostic_examples, len(splits.test_labels))
-        sample = splits.subset(max_test=n, seed=FLAGS.seed)
-        callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], normalise(sample.test_images, mean, std),
-                                                           sample.test_labels,
+        n = min(FLAGS.diagnostic_examples, count(splits, "test"))
+        callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], *eval_sample(splits, n),
                                                            FLAGS.eval_batch_size))
     writer = FLAGS.process_id == 0  # multi-host: process 0 writes, every process reads the checkpoint
     recorder = training.RunRecorder(checkpoint_path if writer else None, history=record["history"] if record else (),
@@ -514,13 +600,13 @@ def run(builder):
     results = {
         "mode": FLAGS.mode, **run_["results"], "dataset": splits.name,
         "num_classes": splits.num_classes, "num_train": num_train,
-        "num_test": len(splits.test_labels), "views": run_["views"],
+        "num_test": count(splits, "test"), "views": run_["views"],
         "normalization": {"mean": list(mean), "std": list(std)},
         "test_top1": tops[-1], "best_test_top1": max(tops), "best_epoch": 1 + tops.index(max(tops)),
         "history": rows, "flags": flag_values(), "backend": keras.backend.backend(),
         "keras_version": keras.__version__, "wall_seconds": recorder.elapsed,
     }
-    if "teacher" in run_:
+    if "teacher" in run_ and getattr(splits, "test_labels", None) is not None:  # a TFDS stream has no label index
         logits = run_["teacher"].predict(test_ds, verbose=0)["logits"]
         results["teacher_test_top1"] = 100.0 * float(np.mean(np.argmax(logits, -1) == splits.test_labels))
     if rows and "intra_inter_ratio" in rows[-1]:
@@ -534,9 +620,12 @@ def run(builder):
     print(f"curves:  {os.path.abspath(curves_path)}")
 
 
+STREAM_EXPORT_TEST_IMAGES = 1000
+
+
 def run_export():
     """--mode=export: the --model student to TFLite files in output_dir, verified on test images."""
-    from keras_icckd import data, export
+    from keras_icckd import export
 
     try:
         student = export.load_student(FLAGS.model)
@@ -544,15 +633,19 @@ def run_export():
         raise app.UsageError(f"--model={FLAGS.model!r}: {e}")
     splits = load_splits()
     check_fits_data("model", student, splits)
-    mean, std = data.normalization_for(splits)
+    mean, std = normalization_of(splits)
     representative = None
     if "int8" in FLAGS.export_quantizations:
-        n = min(FLAGS.representative_examples, len(splits.train_labels))
-        representative = normalise(splits.subset(max_train=n, seed=FLAGS.seed).train_images, mean, std)
-    logging.info("exporting %s: verified on %d %s test images", FLAGS.model, len(splits.test_labels), splits.name)
+        n = min(FLAGS.representative_examples, count(splits, "train"))
+        representative = eval_sample(splits, n, "train")[0]
+    # A stream verifies on a class-balanced sample (--max_test_examples, default STREAM_EXPORT_TEST_IMAGES).
+    test_images, test_labels = eval_sample(splits, min(FLAGS.max_test_examples or STREAM_EXPORT_TEST_IMAGES,
+                                                        count(splits, "test")) if is_stream(splits)
+                                           else count(splits, "test"))
+    logging.info("exporting %s: verified on %d %s test images", FLAGS.model, len(test_labels), splits.name)
     try:
         report = export.export_tflite(
-            student, FLAGS.output_dir, test_images=normalise(splits.test_images, mean, std), test_labels=splits.test_labels,
+            student, FLAGS.output_dir, test_images=test_images, test_labels=test_labels,
             representative_images=representative, quantizations=FLAGS.export_quantizations,
             int8_io=FLAGS.export_int8_io, batch_size=FLAGS.export_batch_size or None,
             parity_tolerance=FLAGS.parity_tolerance, normalization={"mean": list(mean), "std": list(std)})
@@ -702,5 +795,51 @@ def main(argv):
     run({"teacher": build_teacher, "student": build_student}[FLAGS.mode])
 
 
+def tf_error_text(message):
+    """The reason in a TensorFlow error message, without node names, stack notes and op suffixes."""
+    import re
+
+    skip = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "File ", "[[")
+    lines = [line.strip() for line in message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(skip)] or [message.strip()]
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", lines[0])
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text)
+
+
+def data_problem(error):
+    """The one line that ends a run on a data problem (naming the flag and the file), or None for other errors."""
+    from keras_icckd import data
+
+    message = str(error)
+    if not isinstance(error, data.DataError):
+        tf = sys.modules.get("tensorflow")
+        decoding = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError,
+                    tf.errors.UnknownError) if tf is not None else ()
+        if not (FLAGS.stream and isinstance(error, decoding)):
+            return None
+        message = "an image could not be read: " + tf_error_text(message)
+    if FLAGS.data_dir:
+        where = f"--data_dir={FLAGS.data_dir}"
+    elif FLAGS.dataset == "synthetic":
+        where = "--dataset=synthetic"
+    else:
+        where = f"--data_dir (default for --dataset={FLAGS.dataset}: {data.default_data_dir(FLAGS.dataset)})"
+    if FLAGS.dataset == "tfds":
+        where += f" --tfds_name={FLAGS.tfds_name}"
+    return f"data error: {where}: {' '.join(message.split())}"
+
+
+def cli_main(argv):
+    """`main`, ending every data problem with one line on stderr and exit code 1 (no traceback)."""
+    try:
+        main(argv)
+    except Exception as e:  # noqa: BLE001  (only data problems are caught; the rest is raised again)
+        line = data_problem(e)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli_main)

@@ -128,8 +128,12 @@ def _trainable_count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
+IMAGENET_PRESETS = ("mobilenetv1_imagenet", "resnet18_imagenet", "resnet34_imagenet", "resnet50_imagenet")  # counted
+# exactly in tests/test_imagenet_backbones.py
+
+
 def test_names_are_the_presets():
-    assert backbones.names() == sorted(TORCH_COUNTS)
+    assert backbones.names() == sorted([*TORCH_COUNTS, *IMAGENET_PRESETS])
 
 
 # akamaster/pytorch_resnet_cifar10's README: parameters of its CIFAR-10 (10-class) option-A ResNets.

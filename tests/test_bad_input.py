@@ -68,9 +68,9 @@ STUDENT = ["--mode=student", "--teacher={teacher}"]
 EXPORT = ["--mode=export", "--model={teacher}"]
 
 FLAG_CASES = [
-    (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of mobilenetv2,"),
+    (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of mobilenetv1_imagenet, mobilenetv2,"),
     ([*STUDENT, "--student_arch=resnet7"], "--student_arch='resnet7' is not allowed: expected one of"),
-    (["--dataset=imagenet"], "value should be one of <cifar10|cifar100|folder|tfds|synthetic>"),
+    (["--dataset=imagenet"], "value should be one of <cifar10|cifar100|folder|tfds|synthetic|tinyimagenet>"),
     (["--mode=train"], "value should be one of <teacher|student|export|import|evaluate>"),
     (["--optimizer=adam"], "value should be one of <torch_sgd|keras_sgd>"),
     (["--dtype_policy=float16"], "value should be one of <float32|mixed_float16|mixed_bfloat16>"),
@@ -107,6 +107,11 @@ FLAG_CASES = [
     (["--dataset=cifar100"], "--data_dir=None is not allowed: expected a path with --dataset=cifar100"),
     (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar' is not allowed"),
     (["--dataset=tfds"], "--tfds_name=None is not allowed"),
+    (["--image_size=-1"], "--image_size=-1 is not allowed: expected >= 0"),
+    (["--dataset=tinyimagenet", "--stream"], "--stream=True is not allowed: expected False unless --dataset=folder"),
+    (["--dataset=folder", "--stream"], "--data_dir=None is not allowed: expected the image folder or .tar archive"),
+    (["--dataset=tfds", "--tfds_name=x", "--stream", "--eval_resize=200"], "--eval_resize=200 is not allowed"),
+    (["--dataset=tfds", "--tfds_name=x", "--stream", "--shuffle_window=0"], "--shuffle_window=0 is not allowed"),
     (["--output_dir={blocker}/sub"], "is not writable"),
     (["--mode=export"], "--model=None is not allowed"),
     (["--mode=export", "--model={text}"], None),  # an existing .keras path passes here; loading refuses it

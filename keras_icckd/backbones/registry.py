@@ -1,5 +1,6 @@
 """Named presets of the CIFAR backbone zoo (the RepDistiller/mdistiller model names)."""
 
+from keras_icckd.backbones.imagenet import ImageNetResNet, MobileNetV1
 from keras_icckd.backbones.mobile import MobileNetV2, ShuffleNetV2
 from keras_icckd.backbones.resnet import ResNet
 from keras_icckd.backbones.vgg import VGG, VGG_CONFIGS
@@ -21,6 +22,12 @@ PRESETS = {
     **{f"vgg{d}": (VGG, dict(config=VGG_CONFIGS[d])) for d in (8, 11, 13, 16, 19)},
     "mobilenetv2": (MobileNetV2, dict(expansion=6, width_multiplier=0.5)),
     "shufflenetv2": (ShuffleNetV2, dict(channels=(116, 232, 464, 1024), blocks=(3, 7, 3))),
+    # ImageNet networks in torchvision's layout; "_imagenet" because RepDistiller's CIFAR zoo has
+    # other networks by the bare names (its CIFAR ResNet50, for instance).
+    "resnet18_imagenet": (ImageNetResNet, dict(block="basic", blocks=(2, 2, 2, 2))),
+    "resnet34_imagenet": (ImageNetResNet, dict(block="basic", blocks=(3, 4, 6, 3))),
+    "resnet50_imagenet": (ImageNetResNet, dict(block="bottleneck", blocks=(3, 4, 6, 3))),
+    "mobilenetv1_imagenet": (MobileNetV1, {}),
 }
 
 

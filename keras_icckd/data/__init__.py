@@ -18,3 +18,4 @@ from keras_icckd.data.sources import (
     make_synthetic,
     normalization_for,
 )
+from keras_icckd.data.streaming import ImageStream, open_image_stream, open_tfds_stream

@@ -141,6 +141,28 @@ class Objective(keras.layers.Layer):
         """
         self.built = True
 
+    def prepare(self, student_shapes, teacher_shapes, context=None):
+        """`setup`, refusing clearly when it needs a backbone output that a network lacks.
+
+        The `Distiller` calls this. When `setup` fails after looking up an output name that one of
+        the two networks does not have (a model wrapped without that feature tap, for example),
+        the error names the missing output, the network and what it has instead.
+        """
+        student, teacher = OutputShapes(student_shapes), OutputShapes(teacher_shapes)
+        try:
+            self.setup(student, teacher, context)
+        except (ValueError, KeyError, TypeError) as e:
+            missing = [(side, key) for side, shapes in (("student", student), ("teacher", teacher))
+                       for key in shapes.missing]
+            if not missing:
+                raise
+            side, key = missing[0]
+            available = sorted(student_shapes if side == "student" else teacher_shapes)
+            raise ValueError(
+                f"{type(self).__name__} ({self.name!r}) needs the output {key!r} of the {side}, which has no output "
+                f"by that name (it has: {', '.join(available)}). A backbone made with keras_icckd.backbones.wrap "
+                f"gets it with features={{{key!r}: '<layer name>'}}") from e
+
     def data_options(self):
         """Keyword arguments of `data.make_train_dataset` that supply `requires`; call after `setup`.
 
@@ -153,6 +175,30 @@ class Objective(keras.layers.Layer):
 
     def call(self, student, teacher, labels, inputs=None):
         return self.compute(student, teacher, labels, inputs or {})
+
+
+class OutputShapes(dict):
+    """{output name: shape} of a backbone that remembers the names looked up and not found."""
+
+    def __init__(self, shapes):
+        super().__init__(shapes)
+        self.missing = []
+
+    def _note(self, key):
+        if not dict.__contains__(self, key) and key not in self.missing:
+            self.missing.append(key)
+
+    def __getitem__(self, key):
+        self._note(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self._note(key)
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        self._note(key)
+        return super().get(key, default)
 
 
 def feature_size(shapes, feature, side, method):
