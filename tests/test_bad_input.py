@@ -122,7 +122,7 @@ FLAG_CASES = [
     ([*EXPORT, "--representative_examples=0"], "--representative_examples=0 is not allowed"),
     (["--mode=import"], "--torch_checkpoint=None is not allowed: expected an existing PyTorch checkpoint file"),
     (["--mode=import", "--torch_checkpoint={text}"],
-     "--torch_normalization=None is not allowed: expected one of cifar10, cifar100, imagenet or six numbers"),
+     "--torch_normalization=None is not allowed: expected one of cifar10, cifar100, imagenet, tinyimagenet or six numbers"),
     (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=0.5,0.5,0.5,0.2,0.2"],
      "--torch_normalization='0.5,0.5,0.5,0.2,0.2' is not allowed"),
     (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=imagenet"], None),

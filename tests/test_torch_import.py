@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the importer's tests need PyTorch (requirements-test.txt)")
 
 import torch_cifar  # noqa: E402
+import torch_imagenet  # noqa: E402
 from helpers import REPO_ROOT, outputs_under_other_backend  # noqa: E402
 from keras_icckd import backbones  # noqa: E402
 from keras_icckd.backbones import torch_import  # noqa: E402
@@ -35,6 +36,8 @@ LAYOUTS = {
     "vgg8": (lambda: torch_cifar.VGG(VGG8), 10, "model"),
     "mobilenetv2": (lambda: torch_cifar.MobileNetV2(6, 0.5), 10, "net"),
     "shufflenetv2": (lambda: torch_cifar.ShuffleNetV2(), 10, "state_dict"),
+    "resnet18_imagenet": (lambda: torch_imagenet.TorchvisionResNet("basic", (2, 2, 2, 2)), 10, "model"),
+    "mobilenetv1_imagenet": (lambda: torch_imagenet.MobileNetV1(), 10, "state_dict"),
 }
 
 
@@ -125,6 +128,25 @@ def test_parameter_counts_equal_pytorch(name):
     count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     keras.utils.clear_session()
     assert count == torch_count
+
+
+def test_torchvision_bottleneck_blocks_map_onto_the_imagenet_resnet():
+    """The bottleneck path of the torchvision layout (resnet50's), on a one-block-per-stage network."""
+    from keras_icckd.backbones.imagenet import ImageNetResNet
+
+    torch.manual_seed(0)
+    net = torch_cifar.randomize(torch_imagenet.TorchvisionResNet("bottleneck", (1, 1, 1, 1)), seed=2)
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    family = next(f for f in torch_import._registry() if f.name == "torchvision_resnet")
+    assert family.matches(state) and family.infer(state) == {"block": "bottleneck", "blocks": (1, 1, 1, 1)}
+    assert [f.name for f in torch_import._registry() if f.matches(state)] == ["torchvision_resnet"]
+    imagenet = sources.parse_normalization("imagenet")
+    model = ImageNetResNet("bottleneck", (1, 1, 1, 1), num_classes=10, input_shape=(32, 32, 3),
+                           input_normalization={"network": imagenet, "feed": imagenet})
+    family.assign(model, state)
+    images = pixels(4)
+    diff = np.abs(keras_logits(model, images) - torch_logits(net, images, imagenet)).max()
+    assert diff <= TOLERANCE, diff
 
 
 def test_input_normalization_keeps_the_borders_exact():
@@ -221,7 +243,7 @@ def test_files_that_are_not_checkpoints_are_refused(resnet8_file, tmp_path):
 @pytest.mark.parametrize("value", [None, "cifar", "1,2,3", "0,0,0,1,0,1", [0.5] * 5])
 def test_bad_torch_normalization_is_refused_before_reading(value):
     with pytest.raises(ValueError, match="torch_normalization=.* is not allowed: expected one of cifar10, cifar100, "
-                                         "imagenet or six numbers"):
+                                         "imagenet, tinyimagenet or six numbers"):
         backbones.from_torch("/nonexistent.pt", torch_normalization=value)
 
 

@@ -85,7 +85,7 @@ class ImageNetResNet(Backbone):
         num_classes, input_shape, inputs = self._inputs(num_classes, input_shape)
         expansion = 4 if block == "bottleneck" else 1
 
-        pre = conv_bn(inputs, 64, 7, 2, name="stem", activation=False)
+        pre = conv_bn(self._normalized_inputs(inputs, kwargs), 64, 7, 2, name="stem", activation=False)
         x = relu(pre, "stem_relu")
         feats, preacts = [x], [pre]
         x = _max_pool(x, "stem_pool")
@@ -146,7 +146,7 @@ class MobileNetV1(Backbone):
     def __init__(self, num_classes=1000, input_shape=(224, 224, 3), name="mobilenetv1", **kwargs):
         num_classes, input_shape, inputs = self._inputs(num_classes, input_shape)
 
-        pre = conv_bn(inputs, 32, 3, 2, name="stem", activation=False, init="torch")
+        pre = conv_bn(self._normalized_inputs(inputs, kwargs), 32, 3, 2, name="stem", activation=False, init="torch")
         x = relu(pre, "stem_relu")
         feats, preacts = [x], [pre]
         for index, (channels, stride) in enumerate(_MOBILENET_BLOCKS, start=1):

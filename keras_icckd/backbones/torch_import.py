@@ -9,8 +9,9 @@ builds, `matches(state)` (does a state_dict have this layout), `arch_from(state)
 shapes describe) and a table of renaming rules from the backbone's layer names to the checkpoint's
 module names, which `assign(model, state)` follows. Families here: the RepDistiller / mdistiller
 CIFAR zoo (ResNet with 1x1-conv shortcuts, which is also chenyaofo/pytorch-cifar-models' layout;
-Wide ResNet; VGG with BN; MobileNetV2; ShuffleNetV2) and akamaster/pytorch_resnet_cifar10's
-option-A ResNets. Another layout is one more `TorchFamily` passed to `register_family`.
+Wide ResNet; VGG with BN; MobileNetV2; ShuffleNetV2), akamaster/pytorch_resnet_cifar10's
+option-A ResNets, torchvision's ImageNet ResNets (resnet18/34/50_imagenet) and RepDistiller/mdistiller's
+ImageNet MobileNetV1 (mobilenetv1_imagenet). Another layout is one more `TorchFamily` passed to `register_family`.
 
 PyTorch is needed only here, imported when a checkpoint is read (`pip install torch`; the CPU
 wheel is enough).
@@ -271,6 +272,16 @@ def _infer_shufflenetv2(state):
                 blocks=tuple(_count(state, rf"layer{s}\.{{i}}\.conv1\.weight") - 1 for s in (1, 2, 3)))
 
 
+def _infer_torchvision_resnet(state):
+    bottleneck = "layer1.0.conv3.weight" in state
+    return dict(block="bottleneck" if bottleneck else "basic",
+                blocks=tuple(_count(state, rf"layer{s}\.{{i}}\.conv1\.weight") for s in (1, 2, 3, 4)))
+
+
+# MobileNetV1's model.<i> = Sequential(dw conv, BN, ReLU, pw conv, BN, ReLU); model.0 = (conv, BN, ReLU).
+_MOBILENETV1_PARTS = {"dw_conv": 0, "dw_bn": 1, "pw_conv": 3, "pw_bn": 4}
+
+
 def _vgg_rule(offset):
     return lambda m: f"block{m[1]}.{3 * int(m[2]) + offset}"
 
@@ -285,6 +296,7 @@ def _shufflenet_block(m):  # the down-sampling unit is layer<s>.0, basic unit b 
 
 
 def _families():
+    from keras_icckd.backbones.imagenet import ImageNetResNet, MobileNetV1
     from keras_icckd.backbones.mobile import MobileNetV2, ShuffleNetV2
     from keras_icckd.backbones.resnet import ResNet
     from keras_icckd.backbones.vgg import VGG
@@ -339,6 +351,17 @@ def _families():
                    (r"stage(\d)_block(\d+)_(pw1|dw|pw2)_(conv|bn)", _shufflenet_block),
                    (r"head_conv", "conv2"), (r"head_bn", "bn2"), (r"classifier", "linear")],
             infer=_infer_shufflenetv2, head="linear"),
+        TorchFamily(
+            "torchvision_resnet", "torchvision ImageNet ResNet (resnet18/34/50)", ImageNetResNet,
+            required=("conv1.weight", "bn1.weight", "layer4.0.conv1.weight", "fc.weight"),
+            rules=_RESNET_RULES + [(r"classifier", "fc")], infer=_infer_torchvision_resnet, head="fc"),
+        TorchFamily(
+            "mobilenetv1_imagenet", "ImageNet MobileNetV1 (RepDistiller/mdistiller)", MobileNetV1,
+            required=("model.0.0.weight", "model.13.3.weight", "fc.weight"),
+            rules=[(r"stem_conv", "model.0.0"), (r"stem_bn", "model.0.1"),
+                   (r"block(\d+)_(dw_conv|dw_bn|pw_conv|pw_bn)", lambda m: f"model.{m[1]}.{_MOBILENETV1_PARTS[m[2]]}"),
+                   (r"classifier", "fc")],
+            infer=lambda state: {}, head="fc"),
     ]
 
 

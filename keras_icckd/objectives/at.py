@@ -53,6 +53,8 @@ class AT(Objective):
         if self.stages is None:
             self.stages = tuple(range(1, min(num_stage_maps(student_shapes), num_stage_maps(teacher_shapes))))
             if not self.stages:
+                for shapes in (student_shapes, teacher_shapes):
+                    shapes.get("feat1")  # `Distiller` reports the first network that lacks it (OutputShapes)
                 raise ValueError("AT needs stage maps feat1.. in both backbones; got "
                                  f"{sorted(student_shapes)} and {sorted(teacher_shapes)}")
         self.student_maps = tuple(stage_map_name(student_shapes, k, self.maps, "AT") for k in self.stages)

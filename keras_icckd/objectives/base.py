@@ -225,7 +225,7 @@ def stage_map_name(shapes, k, maps, method):
     """
     if maps not in STAGE_MAPS:
         raise ValueError(f"{method} maps={maps!r}: expected one of {STAGE_MAPS}")
-    if maps == "reference" and f"stage{k}" in shapes:
+    if maps == "reference" and f"stage{k}" in shapes.keys():  # a probe, not a lookup that `prepare` reports
         return f"stage{k}"
     return f"{'preact' if maps == 'preact' else 'feat'}{k}"
 
@@ -233,7 +233,7 @@ def stage_map_name(shapes, k, maps, method):
 def num_stage_maps(shapes):
     """The number K + 1 of "feat0".."featK" outputs in a shapes dict."""
     k = 0
-    while f"feat{k}" in shapes:
+    while f"feat{k}" in shapes.keys():
         k += 1
     return k
 
