@@ -1,9 +1,14 @@
 """The PyTorch reference of bench/train_step.py: the same CIFAR ResNets and training steps in PyTorch.
 
-    python bench/torch_reference.py --cases=CASES.json --out=ROWS.json [--rounds=3] [--steps=3] [--warmup=2]
+    python bench/torch_reference.py --cases=CASES.json [--steps=3] [--warmup=2] [--precision=float32]
 
 Not a runtime dependency of keras_icckd: it needs `torch` (bench/requirements.txt) and is
-normally started by bench/train_step.py, in the same invocation as the Keras measurements.
+started by bench/train_step.py as one of its measuring processes: it builds and warms up its
+cases, reports them as one JSON line on stdout, then answers each "round" line on stdin with the
+step times of --steps steps of every case (bench/timing.py), until "stop". It runs on CUDA when
+PyTorch sees a GPU, else on the CPU; --precision=bfloat16 runs forward and loss under
+`torch.autocast(dtype=torch.bfloat16)` (weights and optimizer stay float32, as Keras'
+mixed_bfloat16 policy keeps them).
 CASES.json is a list of {"step", "student", "teacher", "batch"} (see train_step.py); the steps
 known here are "ce1" (a cross-entropy step of the teacher on one view), "ce2" (the same on two
 views of each image, 2 * batch images per step) and "kd" (the Distiller step with objectives
@@ -89,19 +94,21 @@ def trainable_params(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def make_step(case, num_classes, temperature=4.0):
+def make_step(case, num_classes, temperature=4.0, device="cpu", precision="float32"):
     """(step function of no arguments, network trained) for one case."""
     generator = torch.Generator().manual_seed(0)
     batch = case["batch"]
     views = 2 if case["step"] == "ce2" else 1
-    x = torch.randn(views * batch, 3, 32, 32, generator=generator)
-    y = torch.randint(0, num_classes, (batch,), generator=generator).repeat(views)
+    x = torch.randn(views * batch, 3, 32, 32, generator=generator).to(device)
+    y = torch.randint(0, num_classes, (batch,), generator=generator).repeat(views).to(device)
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=precision == "bfloat16")
     if case["step"] in ("ce1", "ce2"):
-        net = build(case["teacher"], num_classes).train()
+        net = build(case["teacher"], num_classes).to(device).train()
         teacher = None
     elif case["step"] == "kd":
-        net = build(case["student"], num_classes).train()
-        teacher = build(case["teacher"], num_classes).eval()
+        net = build(case["student"], num_classes).to(device).train()
+        teacher = build(case["teacher"], num_classes).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
     else:
@@ -109,14 +116,15 @@ def make_step(case, num_classes, temperature=4.0):
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
     def step():
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(x)
-            kl = F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(t_logits / temperature, 1),
-                          reduction="none").sum(1).mean()
-            loss = 0.1 * loss + 0.9 * temperature ** 2 * kl
+        with autocast:
+            logits = net(x).float()
+            loss = F.cross_entropy(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x).float()
+                kl = F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(t_logits / temperature, 1),
+                              reduction="none").sum(1).mean()
+                loss = 0.1 * loss + 0.9 * temperature ** 2 * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -126,11 +134,11 @@ def make_step(case, num_classes, temperature=4.0):
     return step, net
 
 
-def measure_group(cases, rounds, steps, warmup, num_classes):
-    """Rows of one group of cases, timed in interleaved rounds after `warmup` steps each."""
+def build_group(cases, warmup, num_classes, device, precision):
+    """(runners, rows) of the cases, each built and run `warmup` steps (the first one timed)."""
     runners, rows = [], []
     for case in cases:
-        step, net = make_step(case, num_classes)
+        step, net = make_step(case, num_classes, device=device, precision=precision)
         start = time.perf_counter()
         step()
         first = time.perf_counter() - start
@@ -141,38 +149,36 @@ def measure_group(cases, rounds, steps, warmup, num_classes):
             times = []
             for _ in range(n):
                 start = time.perf_counter()
-                step()
+                step()  # reads the loss back: the step has finished on the device
                 times.append(time.perf_counter() - start)
             return times
 
         runners.append(runner)
-        rows.append(dict(case, mode="torch", first_step_s=first, params=trainable_params(net)))
-    for row, times in zip(rows, timing.round_robin(runners, rounds, steps)):
-        row.update(timing.summary(times, row["batch"]))
-    return rows
+        mode = "torch_bf16" if precision == "bfloat16" else "torch"
+        rows.append(dict(case, mode=mode, first_step_s=first, params=trainable_params(net)))
+    return runners, rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", required=True, help="JSON file: list of cases")
-    parser.add_argument("--out", required=True, help="JSON file to write the rows to")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="steps per case per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--num_classes", type=int, default=100)
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
+    stream = timing.protocol_stream()
     with open(args.cases) as f:
         cases = json.load(f)
     torch.manual_seed(0)
-    rows = []
-    for group in timing.groups(cases):
-        for row in measure_group(group, args.rounds, args.steps, args.warmup, args.num_classes):
-            rows.append(row)
-            print(f"torch {row['step']:>6} {row['student'] or ''}<-{row['teacher']} b{row['batch']}: "
-                  f"{row['images_per_s']:.1f} img/s", flush=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runners, rows = build_group(cases, args.warmup, args.num_classes, device, args.precision)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+            "precision": args.precision}
+    if device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+    timing.send(stream, {"meta": meta, "rows": rows})
+    timing.serve(runners, args.steps, stream, sys.stdin)
 
 
 if __name__ == "__main__":

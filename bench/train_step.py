@@ -1,7 +1,8 @@
 """Steady-state training-step throughput, Keras (TF, TF + XLA, JAX) side by side with PyTorch.
 
-    python bench/train_step.py [--modes=tf,tf_xla,jax,torch] [--pairs=resnet8x4:resnet32x4,resnet20:resnet56]
-        [--batch_sizes=64,128] [--steps=ce1,ce2,icc,kd,dkd,rkd,fitnet,at,crd,dcd,pckd,msdcrd]
+    python bench/train_step.py [--modes=tf,tf_xla,jax,jax_bf16,torch,torch_bf16]
+        [--pairs=resnet8x4:resnet32x4,resnet20:resnet56] [--batch_sizes=64,128]
+        [--steps=ce1,ce2,icc,kd,dkd,rkd,fitnet,at,crd,dcd,pckd,msdcrd]
         [--rounds=3] [--steps_per_round=3] [--warmup=2] [--dtype_policy=float32] [--json=out.json]
 
 Cases, each at every batch size:
@@ -16,18 +17,24 @@ Cases, each at every batch size:
 Every case trains with `fit` on a repeated in-memory batch (random N(0, 1) images, random labels
 of 100 classes), TorchSGD(0.05, momentum 0.9, weight decay 5e-4), verbose=0 and one timing
 callback (which, as any non-async Keras callback does, reads the step's logs back to the host).
-The cases sharing a teacher and batch size are built and warmed up (--warmup steps; the first,
-tracing and compilation included, is reported as first_step_s), then timed in --rounds
-interleaved rounds of --steps_per_round steps each (bench/timing.py), so drift of the machine's
-speed falls on all of them alike. Reported: images/s = batch / median step time, and the
-interquartile range of the step times relative to the median (rel_iqr).
-For teacher steps an "image" is one training example, whatever its number of views.
 
-Modes, for each group in turn, each group in a fresh subprocess: "tf" (TensorFlow
-backend, jit_compile=False), "tf_xla" (TensorFlow, jit_compile=True), "jax" (JAX backend, jit),
-"torch" (bench/torch_reference.py: the same CIFAR ResNets, "ce1", "ce2" and "kd" steps in
-PyTorch; needs bench/requirements.txt). Prints a table with the ratios the targets are stated in
-and writes JSON (--json). Run it on an otherwise idle machine: every figure is a wall-clock time.
+Method: the cases sharing a teacher and batch size form a group. For each group, one process per
+mode is started and all are kept alive: each builds its cases and warms them up (--warmup steps;
+the first, tracing and compilation included, is reported as first_step_s), then the driver asks
+the modes in turn for one round (--steps_per_round steps of each of its cases) and repeats that
+--rounds times (bench/timing.py). A slow spell of the machine therefore falls on every mode and
+case alike, not on whichever ran then. Reported: images/s = batch / median step time, and the
+interquartile range of the step times relative to the median (rel_iqr, "spread"); a ratio whose
+two sides spread more than SPREAD_LIMIT (25 %) is marked unreliable (UNRELIABLE instead of
+MET / MISS). For teacher steps an "image" is one training example, whatever its number of views.
+
+Modes: "tf" (TensorFlow backend, jit_compile=False), "tf_xla" (TensorFlow, jit_compile=True),
+"jax" (JAX backend, jit), "jax_bf16" (JAX under mixed_bfloat16, whatever --dtype_policy says),
+"torch" and "torch_bf16" (bench/torch_reference.py: the same CIFAR ResNets, "ce1", "ce2" and "kd"
+steps in PyTorch, float32 or under bfloat16 autocast, on CUDA when available; needs
+bench/requirements.txt). Keras modes are compared with the PyTorch mode of the same precision.
+Prints a table with the ratios the targets are stated in and writes JSON (--json). Run it on an
+otherwise idle machine: every figure is a wall-clock time. The JAX modes need no TensorFlow.
 """
 
 import argparse
@@ -43,7 +50,8 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # noqa: E402
-MODES = ("tf", "tf_xla", "jax", "torch")
+MODES = ("tf", "tf_xla", "jax", "jax_bf16", "torch", "torch_bf16")
+KERAS_MODES = ("tf", "tf_xla", "jax", "jax_bf16")
 TEACHER_STEPS = ("ce1", "ce2", "icc")
 OBJECTIVES = {  # step name: (objectives, ce_weight)
     "kd": ("kd:0.9", 0.1), "dkd": ("dkd:1", 1.0), "rkd": ("rkd:1", 1.0), "fitnet": ("fitnet:1", 1.0),
@@ -58,6 +66,19 @@ KD_VS_TORCH_MIN = 1.0
 ICC_VS_CE2_MAX = 1.10
 OBJECTIVE_VS_KD_MAX = 1.15
 OBJECTIVES_EXEMPT = ("crd", "pckd")
+# A ratio is marked unreliable when either side's step times spread (interquartile range / median)
+# more than this: a busy machine, not the code, then decides it.
+SPREAD_LIMIT = 0.25
+
+
+def precision(mode, dtype_policy="float32"):
+    """The compute precision of a mode: "bfloat16" for the *_bf16 modes, else the Keras policy's
+    (float32, float16 or bfloat16) for Keras modes and float32 for torch."""
+    if mode.endswith("_bf16"):
+        return "bfloat16"
+    if mode.startswith("torch") or dtype_policy == "float32":
+        return "float32"
+    return dtype_policy.removeprefix("mixed_")
 
 
 def make_cases(pairs, batch_sizes, steps):
@@ -111,9 +132,8 @@ def keras_model_and_data(case):
 
 
 def keras_runner(case, mode, warmup, policy):
-    """(runner for timing.round_robin, row) of one case: the model built, compiled and warmed up."""
+    """(runner for timing.serve, row) of one case: the model built, compiled and warmed up."""
     import keras
-    import tensorflow as tf
 
     from keras_icckd import training
 
@@ -123,8 +143,8 @@ def keras_runner(case, mode, warmup, policy):
     optimizer = training.TorchSGD(0.05, momentum=0.9, weight_decay=5e-4)
     if policy == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, jit_compile=mode in ("tf_xla", "jax"))
-    dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat()
+    model.compile(optimizer=optimizer, jit_compile=mode != "tf")
+    dataset = _repeat_dataset(inputs, y)
 
     class StepTimer(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -148,24 +168,38 @@ def keras_runner(case, mode, warmup, policy):
     return (lambda n: fit(n + 1)[1:]), dict(case, mode=mode, first_step_s=first, params=params)
 
 
+def _repeat_dataset(inputs, y):
+    """One in-memory batch, repeated: tf.data on TensorFlow, a PyDataset elsewhere (no TensorFlow)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensors((inputs, y)).repeat()
+
+    class Repeat(keras.utils.PyDataset):
+        num_batches = None  # endless
+
+        def __getitem__(self, index):
+            return inputs, y
+
+    return Repeat()
+
+
 def keras_worker(args):
+    """A measuring process: builds and warms up its cases, reports them, then serves rounds."""
+    stream = timing.protocol_stream()
     import keras
 
     backend = keras.backend.backend()
-    expected = "jax" if args.worker == "jax" else "tensorflow"
+    expected = "jax" if args.worker.startswith("jax") else "tensorflow"
     if backend != expected:
         raise SystemExit(f"worker {args.worker} needs KERAS_BACKEND={expected}, got {backend}")
     with open(args.cases) as f:
         cases = json.load(f)
-    rows = []
-    for group in timing.groups(cases):
-        runners, group_rows = zip(*[keras_runner(c, args.worker, args.warmup, args.dtype_policy) for c in group])
-        for row, times in zip(group_rows, timing.round_robin(runners, args.rounds, args.steps_per_round)):
-            row.update(timing.summary(times, row["batch"]))
-            rows.append(row)
-            print(f"{args.worker} {row['step']:>6} {row['student'] or ''}<-{row['teacher']} b{row['batch']}: "
-                  f"{row['images_per_s']:.1f} img/s (first step {row['first_step_s']:.1f} s)", flush=True)
-    meta = {"keras": keras.__version__, "backend": backend, "dtype_policy": args.dtype_policy}
+    policy = "mixed_bfloat16" if args.worker.endswith("_bf16") else args.dtype_policy
+    runners, rows = zip(*[keras_runner(c, args.worker, args.warmup, policy) for c in cases])
+    meta = {"keras": keras.__version__, "backend": backend, "dtype_policy": policy}
     if backend == "jax":
         import jax
 
@@ -176,91 +210,131 @@ def keras_worker(args):
 
         meta["tensorflow"] = tf.__version__
         meta["devices"] = [d.name for d in tf.config.list_logical_devices()]
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f)
+    timing.send(stream, {"meta": meta, "rows": list(rows)})
+    timing.serve(runners, args.steps_per_round, stream, sys.stdin)
 
 
 # ---------------------------------------------------------------- the driver
 
-def run_group(mode, cases, args, workdir):
-    """Measures one group of cases (one teacher, one batch size) in a fresh worker process."""
-    cases = [c for c in cases if mode != "torch" or c["step"] in TORCH_STEPS]
-    if not cases:
-        return {"meta": {}, "rows": []}
+def start_worker(mode, cases, args, workdir):
+    """The measuring process of one mode for one group of cases (started, not yet ready)."""
     cases_path = os.path.join(workdir, f"{mode}_cases.json")
-    out_path = os.path.join(workdir, f"{mode}_rows.json")
     with open(cases_path, "w") as f:
         json.dump(cases, f)
-    common = [f"--cases={cases_path}", f"--out={out_path}", f"--warmup={args.warmup}", f"--rounds={args.rounds}"]
-    if mode == "torch":
+    common = [f"--cases={cases_path}", f"--warmup={args.warmup}"]
+    if mode.startswith("torch"):
         command = [sys.executable, os.path.join(ROOT, "bench", "torch_reference.py"), *common,
-                   f"--steps={args.steps_per_round}", f"--num_classes={NUM_CLASSES}"]
+                   f"--steps={args.steps_per_round}", f"--num_classes={NUM_CLASSES}",
+                   f"--precision={precision(mode)}"]
     else:
         command = [sys.executable, os.path.abspath(__file__), f"--worker={mode}", *common,
                    f"--steps_per_round={args.steps_per_round}", f"--dtype_policy={args.dtype_policy}"]
-    env = dict(os.environ, KERAS_BACKEND="jax" if mode == "jax" else "tensorflow",
+    env = dict(os.environ, KERAS_BACKEND="jax" if mode.startswith("jax") else "tensorflow",
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    result = subprocess.run(command, env=env, cwd=ROOT)
-    if result.returncode:
-        raise SystemExit(f"the {mode} measurements failed (exit {result.returncode}); command: {' '.join(command)}")
-    with open(out_path) as f:
-        return json.load(f)
+    return timing.Worker(mode, command, env=env, cwd=ROOT)
+
+
+def run_group(modes, group, args, workdir):
+    """Measures one group of cases (one teacher, one batch size) in every mode: one process per mode,
+    all kept alive, taking turns round by round. Returns ({mode: meta}, rows)."""
+    jobs = [(mode, [c for c in group if not mode.startswith("torch") or c["step"] in TORCH_STEPS]) for mode in modes]
+    jobs = [(mode, cases) for mode, cases in jobs if cases]
+    workers = []
+    try:
+        for mode, cases in jobs:  # they build and compile side by side; timing starts when all are ready
+            workers.append(start_worker(mode, cases, args, workdir))
+        hellos = [worker.receive() for worker in workers]
+        times = timing.interleave(workers, args.rounds)
+    finally:
+        codes = [worker.stop() for worker in workers]
+    if any(codes):
+        raise SystemExit(f"a measuring process failed: exit codes {dict(zip(modes, codes))}")
+    rows, meta = [], {}
+    for (mode, _), hello, mode_times in zip(jobs, hellos, times):
+        meta[mode] = hello["meta"]
+        for row, case_times in zip(hello["rows"], mode_times):
+            row.update(timing.summary(case_times, row["batch"]))
+            rows.append(row)
+            print(f"{mode:>10} {row['step']:>6} {row['student'] or ''}<-{row['teacher']} b{row['batch']}: "
+                  f"{row['images_per_s']:.1f} img/s (spread {100 * row['rel_iqr']:.0f} %, first step "
+                  f"{row['first_step_s']:.1f} s)", flush=True)
+    return meta, rows
 
 
 def _key(row):
     return row["step"], row["student"], row["teacher"], row["batch"]
 
 
-def analyse(rows, modes):
-    """Ratios and target checks from the measured rows. Returns (table lines, checks)."""
-    rate = {(r["mode"],) + _key(r): r["images_per_s"] for r in rows}
-    keras_modes = [m for m in modes if m != "torch"]
+def spread_note(*rows):
+    """"" when every row's step-time spread is within SPREAD_LIMIT, else " (unreliable: spread N %)"."""
+    spread = max(r.get("rel_iqr", 0.0) for r in rows)
+    return "" if spread <= SPREAD_LIMIT else f" (unreliable: spread {100 * spread:.0f} %)"
+
+
+def analyse(rows, modes, dtype_policy="float32"):
+    """Ratios and target checks from the measured rows. Returns (table lines, checks).
+
+    A Keras mode is compared with PyTorch of the same precision (torch for float32, torch_bf16 for
+    bfloat16). A ratio whose two rows spread more than SPREAD_LIMIT is marked unreliable (in its
+    table note, and `reliable: False` in its check).
+    """
+    found = {(r["mode"],) + _key(r): r for r in rows}
+    keras_modes = [m for m in modes if m in KERAS_MODES]
+    torch_of = {precision(m): m for m in modes if m.startswith("torch")}
     checks = []
     lines = []
     keys = []
     for r in rows:
         if _key(r) not in keys:
             keys.append(_key(r))
+
+    def check(target, mode, mine, other, value, ok, **where):
+        note = spread_note(mine, other)
+        checks.append(dict(target=target, mode=mode, **where, value=value, ok=ok, reliable=not note,
+                           spread=max(mine.get("rel_iqr", 0.0), other.get("rel_iqr", 0.0))))
+        return note
+
     header = ["step", "network(s)", "batch", *[f"{m} img/s" for m in modes], "ratio"]
     lines.append(header)
-    for step, student, teacher, batch in keys:
+    for key in keys:
+        step, student, teacher, batch = key
         cells = [step, f"{student} <- {teacher}" if student else teacher, str(batch)]
-        cells += [f"{rate[(m, step, student, teacher, batch)]:.1f}" if (m, step, student, teacher, batch) in rate
-                  else "-" for m in modes]
+        cells += [f"{found[(m,) + key]['images_per_s']:.1f}" if (m,) + key in found else "-" for m in modes]
         notes = []
         for m in keras_modes:
-            here = rate.get((m, step, student, teacher, batch))
+            here = found.get((m,) + key)
             if here is None:
                 continue
-            if step == "icc" and (m, "ce2", None, teacher, batch) in rate:
-                cost = rate[(m, "ce2", None, teacher, batch)] / here
-                notes.append(f"{m}: {cost:.2f}x ce2")
-                checks.append(dict(target=f"icc step <= {ICC_VS_CE2_MAX}x ce2 step", mode=m, teacher=teacher,
-                                   batch=batch, value=cost, ok=cost <= ICC_VS_CE2_MAX))
-            if step in OBJECTIVES and step != "kd" and (m, "kd", student, teacher, batch) in rate:
-                cost = rate[(m, "kd", student, teacher, batch)] / here
-                notes.append(f"{m}: {cost:.2f}x kd")
+            ce2 = found.get((m, "ce2", None, teacher, batch))
+            if step == "icc" and ce2:
+                cost = ce2["images_per_s"] / here["images_per_s"]
+                note = check(f"icc step <= {ICC_VS_CE2_MAX}x ce2 step", m, here, ce2, cost, cost <= ICC_VS_CE2_MAX,
+                             teacher=teacher, batch=batch)
+                notes.append(f"{m}: {cost:.2f}x ce2{note}")
+            kd = found.get((m, "kd", student, teacher, batch))
+            if step in OBJECTIVES and step != "kd" and kd:
+                cost = kd["images_per_s"] / here["images_per_s"]
+                note = spread_note(here, kd)
                 if step not in OBJECTIVES_EXEMPT:
-                    checks.append(dict(target=f"{step} step <= {OBJECTIVE_VS_KD_MAX}x kd step", mode=m,
-                                       student=student, teacher=teacher, batch=batch, value=cost,
-                                       ok=cost <= OBJECTIVE_VS_KD_MAX))
-        if step == "kd" and ("torch",) + (step, student, teacher, batch) in rate:
-            mine = {m: rate[(m, step, student, teacher, batch)] for m in keras_modes
-                    if (m, step, student, teacher, batch) in rate}
-            if mine:
-                best = max(mine, key=mine.get)
-                ratio = mine[best] / rate[("torch", step, student, teacher, batch)]
-                notes.append(f"best Keras ({best}) / torch = {ratio:.2f}")
-                checks.append(dict(target=f"best Keras kd step >= {KD_VS_TORCH_MIN}x torch", mode=best,
-                                   student=student, teacher=teacher, batch=batch, value=ratio,
-                                   ok=ratio >= KD_VS_TORCH_MIN))
-        if step == "ce1" and ("torch",) + (step, student, teacher, batch) in rate:
-            mine = {m: rate[(m, step, student, teacher, batch)] for m in keras_modes
-                    if (m, step, student, teacher, batch) in rate}
-            if mine:
-                best = max(mine, key=mine.get)
-                notes.append(f"best Keras ({best}) / torch = "
-                             f"{mine[best] / rate[('torch', step, student, teacher, batch)]:.2f}")
+                    note = check(f"{step} step <= {OBJECTIVE_VS_KD_MAX}x kd step", m, here, kd, cost,
+                                 cost <= OBJECTIVE_VS_KD_MAX, student=student, teacher=teacher, batch=batch)
+                notes.append(f"{m}: {cost:.2f}x kd{note}")
+        if step in ("kd", "ce1", "ce2"):
+            for level, torch_mode in torch_of.items():
+                theirs = found.get((torch_mode,) + key)
+                mine = {m: found[(m,) + key] for m in keras_modes
+                        if (m,) + key in found and precision(m, dtype_policy) == level}
+                if not theirs or not mine:
+                    continue
+                best = max(mine, key=lambda m: mine[m]["images_per_s"])
+                ratio = mine[best]["images_per_s"] / theirs["images_per_s"]
+                if step == "kd":
+                    note = check(f"best Keras kd step >= {KD_VS_TORCH_MIN}x torch", best, mine[best], theirs, ratio,
+                                 ratio >= KD_VS_TORCH_MIN, student=student, teacher=teacher, batch=batch,
+                                 precision=level)
+                else:
+                    note = spread_note(mine[best], theirs)
+                notes.append(f"best Keras ({best}) / {torch_mode} = {ratio:.2f}{note}")
         cells.append("; ".join(notes))
         lines.append(cells)
     return lines, checks
@@ -296,9 +370,8 @@ def main():
     parser.add_argument("--dtype_policy", default="float32",
                         choices=("float32", "mixed_float16", "mixed_bfloat16"))
     parser.add_argument("--json", help="write the rows, ratios and target checks here")
-    parser.add_argument("--worker", choices=MODES[:3], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=KERAS_MODES, help=argparse.SUPPRESS)
     parser.add_argument("--cases", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rounds < 1 or args.steps_per_round < 1 or args.rounds * args.steps_per_round < 3 or args.warmup < 1:
         raise SystemExit("need --rounds * --steps_per_round >= 3 timed steps and --warmup >= 1 "
@@ -316,7 +389,7 @@ def main():
         if not sep or not student or not teacher:
             raise SystemExit(f"--pairs item {pair!r} is not student:teacher")
         pairs.append((student, teacher))
-    if "torch" in modes:
+    if any(m.startswith("torch") for m in modes):
         try:
             subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
         except subprocess.CalledProcessError:
@@ -326,18 +399,18 @@ def main():
     results, rows = {mode: {"meta": {}} for mode in modes}, []
     start = time.time()
     with tempfile.TemporaryDirectory() as workdir:
-        # Group by group, every mode in turn: each mode's figures for a group are taken minutes apart.
+        # Group by group (one teacher, one batch size); within a group the modes take turns.
         for group in timing.groups(cases):
-            for mode in modes:
-                out = run_group(mode, group, args, workdir)
-                results[mode]["meta"].update(out["meta"])
-                rows += out["rows"]
+            meta, group_rows = run_group(modes, group, args, workdir)
+            for mode, values in meta.items():
+                results[mode]["meta"].update(values)
+            rows += group_rows
     rows.sort(key=lambda r: modes.index(r["mode"]))  # stable: each mode's rows keep the case order
     params = {}
     for r in rows:
         params.setdefault(_key(r), {})[r["mode"]] = r["params"]
     mismatched = {str(k): v for k, v in params.items() if len(set(v.values())) > 1}
-    lines, checks = analyse(rows, modes)
+    lines, checks = analyse(rows, modes, args.dtype_policy)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpu_count": os.cpu_count(), "python": platform.python_version()}
     print(f"\nmachine: {machine}")
@@ -350,8 +423,10 @@ def main():
         print(f"\nERROR: the networks differ between modes (trainable parameters): {mismatched}")
     print()
     for c in checks:
-        print(f"{'MET ' if c['ok'] else 'MISS'} {c['target']}: {c['mode']} {c.get('student') or ''}"
-              f"{'<-' if c.get('student') else ''}{c['teacher']} b{c['batch']}: {c['value']:.2f}")
+        verdict = ("MET " if c["ok"] else "MISS") if c["reliable"] else "UNRELIABLE"
+        print(f"{verdict} {c['target']}: {c['mode']} {c.get('student') or ''}"
+              f"{'<-' if c.get('student') else ''}{c['teacher']} b{c['batch']}: {c['value']:.2f}"
+              + ("" if c["reliable"] else f" (spread {100 * c['spread']:.0f} % > {100 * SPREAD_LIMIT:.0f} %)"))
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

@@ -108,7 +108,11 @@ flags.DEFINE_integer("model_parallel_size", 2, "--distribution=model_parallel: d
 flags.DEFINE_integer("num_processes", 1, "Multi-host JAX: processes in the job (one per host).")
 flags.DEFINE_integer("process_id", 0, "Multi-host JAX: this process's id in [0, --num_processes).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host JAX: host:port of process 0.")
-flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/tensorboard.")
+flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/tensorboard (needs TensorFlow; "
+                  "skipped with a warning without it).")
+flags.DEFINE_enum("input_pipeline", "auto", ("auto", "tf_data", "numpy"),
+                  "tf_data: tf.data (needs TensorFlow); numpy: keras.utils.PyDataset without TensorFlow (the "
+                  "same batches); auto: tf_data when TensorFlow can be imported, else numpy.")
 flags.DEFINE_string("model", None, "--mode=export: a .keras file (student, imported model, or a teacher: its backbone); "
                     "--mode=evaluate: the same, or a .tflite file from --mode=export.")
 flags.DEFINE_list("export_quantizations", ["float32", "float16", "int8"],
@@ -135,6 +139,12 @@ flags.mark_flag_as_required("output_dir")
 
 def validate_flags():
     """Checks every flag before any data is loaded or model built; raises app.UsageError."""
+    try:
+        import keras  # noqa: F401  (starts the KERAS_BACKEND backend)
+    except ImportError as e:
+        raise app.UsageError(f"Keras could not start its backend (KERAS_BACKEND="
+                             f"{os.environ.get('KERAS_BACKEND', '<unset: tensorflow>')}): {e}. Without TensorFlow, "
+                             "train with KERAS_BACKEND=jax (see BUILD.md)")
     from keras_icckd import backbones
 
     def need(ok, flag, allowed):
@@ -182,6 +192,18 @@ def validate_flags():
         need(parsed, "objectives", f"at least one of {', '.join(objectives.names())} as name:weight")
         need(FLAGS.ce_weight >= 0, "ce_weight", ">= 0")
     need(FLAGS.dataset != "tfds" or FLAGS.tfds_name, "tfds_name", "a TFDS name with --dataset=tfds")
+    from keras_icckd import data
+
+    if not data.tensorflow_available():  # TensorFlow-free environments (e.g. JAX on a GPU machine)
+        need(FLAGS.dataset != "tfds", "dataset", "not tfds without TensorFlow (TFDS needs it; it cannot be imported)")
+        need(FLAGS.mode != "export", "mode", "not export without TensorFlow (TFLite conversion needs it; it cannot "
+             "be imported)")
+        need(FLAGS.input_pipeline != "tf_data", "input_pipeline", "auto or numpy without TensorFlow (tf.data needs "
+             "it; it cannot be imported)")
+    import keras
+
+    need(FLAGS.input_pipeline != "numpy" or keras.backend.backend() == "jax", "input_pipeline",
+         "auto or tf_data on the TensorFlow backend (the numpy pipeline is the JAX backend's TensorFlow-free path)")
     need(FLAGS.dataset not in ("cifar10", "cifar100") or FLAGS.data_dir, "data_dir",
          f"a path with --dataset={FLAGS.dataset} (nothing is downloaded)")
     if FLAGS.data_dir:
@@ -191,6 +213,8 @@ def validate_flags():
          "False unless --dataset=folder or --dataset=tfds (the other datasets fit in memory)")
     need(not FLAGS.stream or FLAGS.mode in ("teacher", "student", "export"), "stream",
          "False with --mode=import or --mode=evaluate (they read the test set into memory)")
+    need(not FLAGS.stream or FLAGS.input_pipeline != "numpy", "input_pipeline",
+         "auto or tf_data with --stream (streaming reads and decodes images with tf.data)")
     need(not FLAGS.stream or FLAGS.data_dir or FLAGS.dataset == "tfds", "data_dir",
          "the image folder or .tar archive to stream with --stream --dataset=folder")
     need(FLAGS.eval_resize == 0 or FLAGS.eval_resize >= (FLAGS.image_size or 224), "eval_resize",
@@ -366,7 +390,7 @@ def flag_values():
 
 # Flags that do not change what is trained: a run may resume with different values.
 RESUMABLE_CHANGES = ("output_dir", "resume", "tensorboard", "jit_compile", "distribution", "model_parallel_size",
-                     "num_processes", "process_id", "coordinator_address")
+                     "num_processes", "process_id", "coordinator_address", "input_pipeline")
 
 
 def resume_point(path):
@@ -528,21 +552,26 @@ def run(builder):
     run_ = builder(splits, steps)
     model = run_["model"]
     train_ds = None
-    if initial_epoch < FLAGS.epochs and is_stream(splits):
-        train_ds = splits.train_dataset(FLAGS.batch_size, seed=FLAGS.seed, views=run_["views"], epochs=FLAGS.epochs,
-                                        initial_epoch=initial_epoch, **run_["data_options"])
-    elif initial_epoch < FLAGS.epochs:
-        train_ds = data.make_train_dataset(
-            splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
-            std=std, views=run_["views"], epochs=FLAGS.epochs, initial_epoch=initial_epoch,
-            **run_["data_options"])
-    if is_stream(splits):
-        test_ds = splits.eval_dataset(FLAGS.eval_batch_size)
+    if is_stream(splits):  # tf.data streaming; validate_flags refuses --stream with --input_pipeline=numpy
+        if initial_epoch < FLAGS.epochs:
+            train_ds = splits.train_dataset(FLAGS.batch_size, seed=FLAGS.seed, views=run_["views"],
+                                            epochs=FLAGS.epochs, initial_epoch=initial_epoch, **run_["data_options"])
+        test_ds, pipeline_name = splits.eval_dataset(FLAGS.eval_batch_size), "tf.data streaming"
     else:
-        test_ds = data.make_eval_dataset(splits.test_images, splits.test_labels,
-                                         FLAGS.eval_batch_size, mean=mean, std=std)
-    logging.info("data: %s, %d train / %d test images, %d classes, %d view(s)", splits.name,
-                 num_train, count(splits, "test"), splits.num_classes, run_["views"])
+        pipeline = data.input_pipeline(FLAGS.input_pipeline)
+        # Keras shards tf.data per process itself; the NumPy pipeline yields this process's share.
+        shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} \
+            if FLAGS.num_processes > 1 and pipeline.__name__.endswith("numpy_pipeline") else {}
+        if initial_epoch < FLAGS.epochs:
+            train_ds = pipeline.make_train_dataset(
+                splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
+                std=std, views=run_["views"], epochs=FLAGS.epochs, initial_epoch=initial_epoch,
+                **run_["data_options"], **shard)
+        test_ds = pipeline.make_eval_dataset(splits.test_images, splits.test_labels,
+                                             FLAGS.eval_batch_size, mean=mean, std=std, **shard)
+        pipeline_name = pipeline.__name__
+    logging.info("data: %s, %d train / %d test images, %d classes, %d view(s), input pipeline %s", splits.name,
+                 num_train, count(splits, "test"), splits.num_classes, run_["views"], pipeline_name)
     schedule = training.epoch_step_decay(
         FLAGS.lr, steps, [int(e) for e in FLAGS.lr_decay_epochs if int(e) < FLAGS.epochs],
         FLAGS.lr_decay_rate, warmup_epochs=FLAGS.lr_warmup_epochs)
@@ -574,7 +603,10 @@ def run(builder):
                                     elapsed=record["elapsed"] if record else 0.0,
                                     extra={"flags": flag_values()}, start=start)
     callbacks += [training.StopOnNonFinite(), recorder]
-    if FLAGS.tensorboard and writer:
+    if FLAGS.tensorboard and writer and not data.tensorflow_available():
+        logging.warning("--tensorboard: TensorBoard logs need TensorFlow, which cannot be imported here; "
+                        "none are written (--notensorboard silences this)")
+    elif FLAGS.tensorboard and writer:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "tensorboard"),
                                                      write_graph=False))
     if train_ds is not None:

@@ -174,6 +174,11 @@ def export_tflite(student, output_dir, *, test_images, test_labels=None, represe
     """
     import keras
 
+    from keras_icckd.data import tensorflow_available
+
+    if not tensorflow_available():
+        raise ExportError("TFLite export needs TensorFlow (tensorflow-cpu, see requirements.txt), which cannot "
+                          "be imported here; training on JAX does not, export on a machine that has it")
     student = _as_student(student)
     shape = tuple(student.input.shape[1:])
     quantizations, representative_images, test_images, test_labels = _check_arguments(

@@ -2,9 +2,11 @@
 
 import doctest
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -117,3 +119,23 @@ def numeric_gradient(fn, x, step=1e-5):
         down[index] -= step
         grad[index] = (fn(up) - fn(down)) / (2 * step)
     return grad
+
+
+def checkpoint_epoch(path):
+    """The epochs completed in a run checkpoint at `path`; 0 when it is missing or unreadable."""
+    from keras_icckd import training
+
+    try:
+        return training.read_checkpoint(path)[0]["epoch"]
+    except training.CheckpointError:
+        return 0
+
+
+def kill_after_first_checkpoint(process, path, timeout=500):
+    """SIGKILLs `process` as soon as the checkpoint at `path` records an epoch; returns that epoch."""
+    deadline = time.time() + timeout
+    while checkpoint_epoch(path) < 1 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    return checkpoint_epoch(path)

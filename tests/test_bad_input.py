@@ -138,6 +138,26 @@ def test_bad_flag_is_refused_with_its_name_value_and_what_is_allowed(files, argv
         assert error is not None and message in error, error
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--input_pipeline=tf_data"], "--input_pipeline='tf_data' is not allowed: expected auto or numpy without "
+                                   "TensorFlow"),
+    (["--dataset=tfds", "--tfds_name=cifar10"], "--dataset='tfds' is not allowed: expected not tfds without TensorFlow"),
+    (EXPORT, "--mode='export' is not allowed: expected not export without TensorFlow"),
+])
+def test_what_needs_tensorflow_is_refused_where_it_cannot_be_imported(files, monkeypatch, argv, message):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` raises ImportError now
+    error = validate(argv, files)
+    assert error is not None and message in error, error
+
+
+def test_the_numpy_input_pipeline_is_for_jax(files):
+    error = validate(["--input_pipeline=numpy"], files)
+    if keras.backend.backend() == "jax":
+        assert error is None
+    else:
+        assert "--input_pipeline='numpy' is not allowed: expected auto or tf_data on the TensorFlow backend" in error
+
+
 def test_a_flagfile_with_an_unknown_flag_is_refused(files, tmp_path):
     flagfile = tmp_path / "bad.flags"
     flagfile.write_text("--arch=resnet8\n--learning_rate=0.1\n")

@@ -33,6 +33,44 @@ def test_summary_uses_the_median_step():
     assert row["rel_iqr"] == pytest.approx((q[1] - q[0]) / 0.5)
 
 
+WORKER = """
+import sys, time
+sys.path.insert(0, {bench!r})
+import timing
+stream = timing.protocol_stream()
+print("this line goes to stderr, not into the protocol")
+timing.send(stream, {{"rows": [{name!r}]}})
+
+def runner(n):
+    with open({log!r}, "a") as f:
+        f.write({name!r} + "\\n")
+    return [0.25] * n
+
+timing.serve([runner, runner], 2, stream, sys.stdin)
+"""
+
+
+def test_measuring_processes_stay_alive_and_take_turns(tmp_path):
+    log = str(tmp_path / "order.log")
+    workers = [timing.Worker(name, [sys.executable, "-c", WORKER.format(bench=os.path.join(REPO_ROOT, "bench"),
+                                                                        name=name, log=log)])
+               for name in ("keras", "torch")]
+    try:
+        assert [w.receive() for w in workers] == [{"rows": ["keras"]}, {"rows": ["torch"]}]
+        times = timing.interleave(workers, rounds=3)
+    finally:
+        codes = [w.stop() for w in workers]
+    assert codes == [0, 0]
+    assert open(log).read().split() == ["keras", "keras", "torch", "torch"] * 3  # two cases each, in turns
+    assert times == [[[0.25] * 6] * 2] * 2  # per worker, per case: 3 rounds x 2 steps
+
+
+def test_a_failing_measuring_process_is_reported():
+    worker = timing.Worker("broken", [sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="the broken measurements failed \\(exit 3\\)"):
+        worker.receive()
+
+
 def test_groups_keep_a_teacher_and_batch_together():
     cases = train_step.make_cases([("s1", "t"), ("s2", "t")], [8, 16], ["ce1", "kd"])
     # The shared teacher's CE step is measured once per batch size.
@@ -60,6 +98,20 @@ def test_ratios_and_targets():
     }  # CRD is measured but exempt from the 1.15x target
     assert lines[0][:3] == ["step", "network(s)", "batch"]
     assert lines[1][:6] == ["kd", "s <- t", "64", "100.0", "50.0", "90.0"]
+
+
+def test_ratios_with_a_large_spread_are_marked_unreliable():
+    rows = [dict(row("jax", "kd", 100.0), rel_iqr=0.5), dict(row("torch", "kd", 90.0), rel_iqr=0.05),
+            dict(row("jax_bf16", "kd", 200.0), rel_iqr=0.1), dict(row("torch_bf16", "kd", 150.0), rel_iqr=0.2)]
+    lines, checks = train_step.analyse(rows, ["jax", "jax_bf16", "torch", "torch_bf16"])
+    by_precision = {c["precision"]: c for c in checks}
+    assert by_precision["float32"]["mode"] == "jax" and not by_precision["float32"]["reliable"]
+    assert by_precision["float32"]["spread"] == 0.5 and by_precision["float32"]["value"] == pytest.approx(100 / 90)
+    # bfloat16 Keras is compared with bfloat16 PyTorch, not with the faster-looking float32 one
+    assert by_precision["bfloat16"]["mode"] == "jax_bf16" and by_precision["bfloat16"]["reliable"]
+    assert by_precision["bfloat16"]["value"] == pytest.approx(200 / 150)
+    assert "best Keras (jax) / torch = 1.11 (unreliable: spread 50 %)" in lines[1][-1]
+    assert "best Keras (jax_bf16) / torch_bf16 = 1.33" in lines[1][-1]
 
 
 def test_a_real_run_on_this_backend(tmp_path):

@@ -1,4 +1,5 @@
-"""Data sources (CIFAR tarballs, image folders, TFDS, synthetic) and the tf.data pipelines."""
+"""Data sources (CIFAR tarballs, image folders, TFDS, synthetic) and the input pipelines (tf.data and
+the TensorFlow-free one, which must give the same batches)."""
 
 import doctest
 import io
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_icckd.data import pipeline, sources
+import keras_icckd.data
+from keras_icckd.data import numpy_pipeline, pipeline, sources
 from keras_icckd.data import (DataError, load, load_cifar_python, load_image_folder, load_tfds,
-                              make_eval_dataset, make_synthetic, make_train_dataset, normalization_for)
+                              make_synthetic, normalization_for)
 
 RNG = np.random.default_rng(0)
 
@@ -386,7 +388,7 @@ def test_dispatch_errors_and_normalization():
     assert normalization_for(hundred) == (sources.CIFAR100_MEAN, sources.CIFAR100_STD)
 
 
-@pytest.mark.parametrize("module", [sources, pipeline])
+@pytest.mark.parametrize("module", [sources, pipeline, numpy_pipeline, keras_icckd.data])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -400,21 +402,27 @@ IMAGES = RNG.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8)
 LABELS = np.arange(N) % 3
 
 
+@pytest.fixture(params=["tf_data", "numpy"])
+def pipe(request):
+    """Each pipeline test runs on both pipelines."""
+    return keras_icckd.data.input_pipeline(request.param)
+
+
 def batches(ds):
-    return list(ds.as_numpy_iterator())
+    return list(ds.as_numpy_iterator()) if hasattr(ds, "as_numpy_iterator") else list(ds)
 
 
-def train(**kwargs):
+def train(pipe, **kwargs):
     args = dict(images=IMAGES, labels=LABELS, batch_size=4, seed=0, mean=MEAN, std=STD)
     args.update(kwargs)
-    return batches(make_train_dataset(**args))
+    return batches(pipe.make_train_dataset(**args))
 
 
 @pytest.mark.parametrize("views,with_index,keys", [(1, False, None), (2, False, ["image", "view2"]),
                                                    (1, True, ["image", "index"]),
                                                    (2, True, ["image", "index", "view2"])])
-def test_train_format(views, with_index, keys):
-    out = train(views=views, with_index=with_index, batch_size=5)
+def test_train_format(pipe, views, with_index, keys):
+    out = train(pipe, views=views, with_index=with_index, batch_size=5)
     assert len(out) == pipeline.steps_per_epoch(N, 5) == 2
     x, y = out[0]
     assert y.shape == (5,) and y.dtype == np.int32
@@ -429,26 +437,26 @@ def test_train_format(views, with_index, keys):
         np.testing.assert_array_equal(y, LABELS[x["index"]])
 
 
-def test_train_determinism_and_views():
-    a, b = train(views=2, with_index=True, epochs=2), train(views=2, with_index=True, epochs=2)
-    other = train(views=2, with_index=True, epochs=2, seed=1)
+def test_train_determinism_and_views(pipe):
+    a, b = train(pipe, views=2, with_index=True, epochs=2), train(pipe, views=2, with_index=True, epochs=2)
+    other = train(pipe, views=2, with_index=True, epochs=2, seed=1)
     for (xa, ya), (xb, yb) in zip(a, b):
         for key in xa:
             np.testing.assert_array_equal(xa[key], xb[key])
         np.testing.assert_array_equal(ya, yb)
         assert not np.array_equal(xa["image"], xa["view2"])
     assert any(not np.array_equal(xa["image"], xo["image"]) for (xa, _), (xo, _) in zip(a, other))
-    single = train(views=1, with_index=True, epochs=2)  # view 1 does not depend on `views`
+    single = train(pipe, views=1, with_index=True, epochs=2)  # view 1 does not depend on `views`
     np.testing.assert_array_equal(single[0][0]["image"], a[0][0]["image"])
 
 
-def test_epochs_reshuffle_and_resume():
-    full = train(with_index=True, epochs=2)
+def test_epochs_reshuffle_and_resume(pipe):
+    full = train(pipe, with_index=True, epochs=2)
     orders = [np.concatenate([x["index"] for x, _ in full[e * 3:(e + 1) * 3]]) for e in range(2)]
     for order in orders:
         assert sorted(order) == list(range(N))
     assert not np.array_equal(orders[0], orders[1])
-    resumed = train(with_index=True, epochs=2, initial_epoch=1)
+    resumed = train(pipe, with_index=True, epochs=2, initial_epoch=1)
     assert len(resumed) == 3
     for (xr, yr), (xf, yf) in zip(resumed, full[3:]):
         np.testing.assert_array_equal(xr["image"], xf["image"])
@@ -456,15 +464,15 @@ def test_epochs_reshuffle_and_resume():
         np.testing.assert_array_equal(yr, yf)
 
 
-def test_normalization_of_constant_image():
+def test_normalization_of_constant_image(pipe):
     images = np.full((4, SIZE, SIZE, 3), 51, np.uint8)  # 0.2 after scaling
-    x, _ = train(images=images, labels=np.zeros(4), augment=False)[0]
+    x, _ = train(pipe, images=images, labels=np.zeros(4), augment=False)[0]
     np.testing.assert_allclose(x[0, 0, 0], (0.2 - np.array(MEAN)) / np.array(STD), rtol=1e-5)
     np.testing.assert_allclose(x, np.broadcast_to(x[0, 0, 0], x.shape))
 
 
-def test_augmentation_is_pad_crop_flip():
-    out = train(with_index=True, views=2, mean=(0.0,) * 3, std=(1.0,) * 3, epochs=3)
+def test_augmentation_is_pad_crop_flip(pipe):
+    out = train(pipe, with_index=True, views=2, mean=(0.0,) * 3, std=(1.0,) * 3, epochs=3)
     padded = np.pad(IMAGES, [(0, 0), (4, 4), (4, 4), (0, 0)])
     seen = set()
     for x, _ in out:
@@ -477,8 +485,8 @@ def test_augmentation_is_pad_crop_flip():
     assert {flip for _, _, flip in seen} == {0, 1} and len({(dy, dx) for dy, dx, _ in seen}) > 10
 
 
-def test_eval_keeps_partial_batch_in_order():
-    out = batches(make_eval_dataset(IMAGES[:10], LABELS[:10], 4, mean=MEAN, std=STD))
+def test_eval_keeps_partial_batch_in_order(pipe):
+    out = batches(pipe.make_eval_dataset(IMAGES[:10], LABELS[:10], 4, mean=MEAN, std=STD))
     assert [len(y) for _, y in out] == [4, 4, 2]
     x = np.concatenate([b[0] for b in out])
     np.testing.assert_allclose(x, (IMAGES[:10] / 255.0 - MEAN) / STD, rtol=1e-5, atol=1e-6)
@@ -490,20 +498,93 @@ def test_eval_keeps_partial_batch_in_order():
     ({"mean": (0.5, 0.5)}, "mean"), ({"std": (1.0, 0.0, 1.0)}, "std"), ({"initial_epoch": 1}, "initial_epoch"),
     ({"labels": LABELS[:5]}, "labels"), ({"images": IMAGES.astype(np.float32)}, "images"),
 ])
-def test_train_argument_errors(kwargs, argument):
+def test_train_argument_errors(pipe, kwargs, argument):
     with pytest.raises(ValueError, match=argument):
-        train(**kwargs)
+        train(pipe, **kwargs)
 
 
-def test_fit_runs_epochs_back_to_back():
+def test_fit_runs_epochs_back_to_back(pipe):
     import keras
 
     model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    ds = make_train_dataset(IMAGES, LABELS, 4, seed=0, mean=MEAN, std=STD, epochs=3, initial_epoch=1)
+    ds = pipe.make_train_dataset(IMAGES, LABELS, 4, seed=0, mean=MEAN, std=STD, epochs=3, initial_epoch=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(ds, epochs=3, initial_epoch=1, steps_per_epoch=pipeline.steps_per_epoch(N, 4),
                             shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 2
     assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+# ------------------------------------------------- the two pipelines give the same batches
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        xa, xb = (xa, xb) if isinstance(xa, dict) else ({"x": xa}, {"x": xb})
+        assert sorted(xa) == sorted(xb)
+        for key in xa:
+            assert xa[key].dtype == xb[key].dtype and xa[key].shape == xb[key].shape, key
+            np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
+        assert ya.dtype == yb.dtype
+        np.testing.assert_array_equal(ya, yb)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(views=2, with_index=True, contrast_negatives=5, epochs=3, initial_epoch=1, seed=2 ** 40 + 7),
+    dict(views=1, epochs=2, seed=3),
+    dict(views=1, augment=False, seed=0, drop_remainder=False),
+])
+def test_numpy_and_tf_data_pipelines_give_identical_batches(kwargs):
+    images = RNG.integers(0, 256, (30, SIZE, SIZE, 3), dtype=np.uint8)
+    labels = np.arange(30) % 4
+    args = dict(images=images, labels=labels, batch_size=8, mean=MEAN, std=STD, **kwargs)
+    assert_same_batches(batches(pipeline.make_train_dataset(**args)),
+                        batches(numpy_pipeline.make_train_dataset(**args, threads=2)))
+    evaluation = dict(images=images, labels=labels, batch_size=8, mean=MEAN, std=STD)
+    assert_same_batches(batches(pipeline.make_eval_dataset(**evaluation)),
+                        batches(numpy_pipeline.make_eval_dataset(**evaluation)))
+
+
+def test_the_augmentation_draws_by_hand():
+    """The documented hash, computed here with Python integers, against the pipeline's draws."""
+    def mix(x):
+        for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+            x = ((x ^ (x >> shift)) * factor) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    seed, epoch, index = 5, 2, 7
+    key = mix(mix(seed ^ 0x9E3779B9) ^ 0)
+    h = mix(mix(key ^ epoch) ^ index)
+    d = mix(h ^ (0xC2B2AE35 + 1))  # view 1
+    expected = [((d & 0xFFFF) * 9) >> 16, (((d >> 16) & 0x7FFF) * 9) >> 15, d >> 31]
+    assert numpy_pipeline.crop_flip_params(seed, epoch, np.array([index]), 1).tolist() == [expected]
+    keys = [mix(mix(mix(key ^ epoch) ^ i) ^ 0x85EBCA6B) for i in range(10)]
+    assert numpy_pipeline.shuffle_order(seed, epoch, 10).tolist() == sorted(range(10), key=keys.__getitem__)
+
+
+def test_numpy_pipeline_threads_shards_and_random_access():
+    args = dict(images=IMAGES, labels=LABELS, batch_size=4, seed=1, mean=MEAN, std=STD, views=2,
+                with_index=True, epochs=2)
+    serial = batches(numpy_pipeline.make_train_dataset(**args, threads=0))
+    assert_same_batches(batches(numpy_pipeline.make_train_dataset(**args, threads=3, prefetch=2)), serial)
+    ds = numpy_pipeline.make_train_dataset(**args, threads=2)
+    assert_same_batches([ds[4], ds[1], ds[-1]], [serial[4], serial[1], serial[-1]])  # order-free
+    with pytest.raises(IndexError, match="batch 6 of a dataset of 6"):
+        ds[6]
+    halves = [batches(numpy_pipeline.make_train_dataset(**args, shard=(p, 2))) for p in (0, 1)]
+    for (x0, y0), (x1, y1), (x, y) in zip(*halves, serial):  # process p: the p-th half of each batch
+        np.testing.assert_array_equal(np.concatenate([x0["view2"], x1["view2"]]), x["view2"])
+        np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
+    with pytest.raises(ValueError, match="shard"):
+        numpy_pipeline.make_train_dataset(**args, shard=(0, 3))
+    with pytest.raises(ValueError, match="threads"):
+        numpy_pipeline.make_train_dataset(**args, threads=-1)
+
+
+def test_input_pipeline_choice():
+    assert keras_icckd.data.input_pipeline("tf_data") is pipeline
+    assert keras_icckd.data.input_pipeline("auto") is pipeline  # TensorFlow is installed here
+    with pytest.raises(ValueError, match="input pipeline 'grain'"):
+        keras_icckd.data.input_pipeline("grain")

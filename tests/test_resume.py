@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import kill_after_first_checkpoint
 from keras_icckd import backbones
 from keras_icckd import data
 from keras_icckd import training
@@ -133,25 +134,12 @@ def cli(args, **kwargs):
                             env=env, cwd=ROOT, **kwargs)
 
 
-def checkpoint_epoch(path):
-    try:
-        return training.read_checkpoint(path)[0]["epoch"]
-    except training.CheckpointError:
-        return 0
-
-
 def test_cli_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     reference = cli([*FLAGS, f"--output_dir={straight}"])
     victim = cli([*FLAGS, f"--output_dir={killed}"])
-    checkpoint = os.path.join(killed, "checkpoint.npz")
-    deadline = time.time() + 500
-    while checkpoint_epoch(checkpoint) < 1 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
+    epoch = kill_after_first_checkpoint(victim, os.path.join(killed, "checkpoint.npz"))
     assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
-    epoch = checkpoint_epoch(checkpoint)
     assert 1 <= epoch < 3, f"the run was not interrupted mid-way (checkpoint after epoch {epoch})"
     assert not os.path.exists(os.path.join(killed, "metrics.json"))
     assert not os.path.exists(os.path.join(killed, "model.keras"))
