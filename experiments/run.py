@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 FLAGS = flags.FLAGS
 
-MODES = ("teacher", "student", "export")
-DATASETS = ("cifar10", "cifar100", "folder", "tfds", "synthetic")
+MODES = ("teacher", "student", "export", "import", "evaluate")
+DATASETS = ("cifar10", "cifar100", "folder", "tfds", "synthetic", "tinyimagenet")
 
 flags.DEFINE_enum("mode", "teacher", MODES, "What to run.")
 flags.DEFINE_string("arch", "resnet32x4", "Backbone preset (see keras_icckd.backbones.names()).")
@@ -40,6 +40,19 @@ flags.DEFINE_integer("synthetic_test_per_class", 10, "Test images per class, --d
 flags.DEFINE_integer("synthetic_subclasses", 1, "Sub-clusters inside each synthetic class.")
 flags.DEFINE_integer("max_train_examples", 0, "Use a class-balanced subset of the training set (0: all).")
 flags.DEFINE_integer("max_test_examples", 0, "Use a class-balanced subset of the test set (0: all).")
+flags.DEFINE_integer("image_size", 0,
+                     "Train and evaluate on image_size x image_size images (0: the dataset's own size; 224 with "
+                     "--stream). In-memory datasets are resized once when loaded (PIL's antialiased bilinear "
+                     "filter), e.g. --dataset=tinyimagenet --image_size=32; with --stream it is the crop size.")
+flags.DEFINE_bool("stream", False,
+                  "Read the data lazily instead of into memory, for datasets larger than memory: --dataset=folder "
+                  "(a directory or uncompressed .tar laid out train/<class>/..., val/<class>/..., images of any "
+                  "size) or --dataset=tfds. Training: RandomResizedCrop(--image_size) + flip; evaluation: resize "
+                  "to --eval_resize + centre crop; ImageNet's mean and std.")
+flags.DEFINE_integer("eval_resize", 0, "--stream: shorter side of evaluation images before the centre crop "
+                     "(0: image_size * 256 / 224, i.e. 256 for 224).")
+flags.DEFINE_integer("shuffle_window", 10000, "--stream with --dataset=tfds: examples shuffled together per epoch.")
+flags.DEFINE_string("tfds_test_split", "test", "--dataset=tfds: the split evaluated (ImageNet's is 'validation').")
 flags.DEFINE_integer("epochs", 240, "Training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
@@ -65,7 +78,12 @@ flags.DEFINE_integer("icc_cache_size", 4096, "Slots of the cache of earlier proj
 flags.DEFINE_enum("icc_margin_mode", "gate", ("gate", "hinge", "none"),
                   "Margin mechanism (reconstructed, see METHODS.md): gate | hinge | none.")
 flags.DEFINE_integer("icc_projection_dim", 128, "Output size of the teacher's projection head.")
-flags.DEFINE_string("teacher", None, "--mode=student: the teacher's .keras file (from --mode=teacher).")
+flags.DEFINE_string("init_model", None,
+                    "--mode=teacher: start from the weights of this .keras file (a backbone from --mode=import "
+                    "or any model the project writes; a teacher's file gives its backbone) instead of a random "
+                    "--arch; its architecture replaces --arch. The fine-tuning of published teachers.")
+flags.DEFINE_string("teacher", None, "--mode=student: the teacher's .keras file (from --mode=teacher or --mode=import); "
+                    "without it the student trains with cross-entropy alone.")
 flags.DEFINE_string("student_arch", "resnet8x4", "--mode=student: the student backbone preset.")
 flags.DEFINE_string("objectives", "kd:0.9",
                     "--mode=student: weighted distillation objectives, e.g. kd:0.9,rkd:1 or "
@@ -98,7 +116,8 @@ flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/t
 flags.DEFINE_enum("input_pipeline", "auto", ("auto", "tf_data", "numpy"),
                   "tf_data: tf.data (needs TensorFlow); numpy: keras.utils.PyDataset without TensorFlow (the "
                   "same batches); auto: tf_data when TensorFlow can be imported, else numpy.")
-flags.DEFINE_string("model", None, "--mode=export: the student's .keras file (from --mode=student).")
+flags.DEFINE_string("model", None, "--mode=export: a .keras file (student, imported model, or a teacher: its backbone); "
+                    "--mode=evaluate: the same, or a .tflite file from --mode=export.")
 flags.DEFINE_list("export_quantizations", ["float32", "float16", "int8"],
                   "--mode=export: TFLite files to write (float32, float16, int8).")
 flags.DEFINE_bool("export_int8_io", False, "--mode=export: int8 input/output tensors in the int8 file.")
@@ -107,6 +126,16 @@ flags.DEFINE_integer("representative_examples", 256,
                      "--mode=export: class-balanced training images that calibrate int8.")
 flags.DEFINE_float("parity_tolerance", 1e-4,
                    "--mode=export: largest allowed max |logit difference| of the float32 file.")
+flags.DEFINE_string("torch_checkpoint", None,
+                    "--mode=import: a PyTorch checkpoint (.pt/.pth/.th) of a CIFAR network: RepDistiller / "
+                    "mdistiller / chenyaofo layouts or akamaster's option-A ResNets. --arch names the preset "
+                    "(default: inferred from the keys and shapes); with --dataset, its test top-1 is measured.")
+flags.DEFINE_string("torch_normalization", None,
+                    "--mode=import: how the checkpoint's training images were normalised: imagenet, cifar10, "
+                    "cifar100 or R,G,B,R,G,B (mean then std of pixels in [0, 1]). akamaster: imagenet.")
+flags.DEFINE_float("evaluate_temperature", 4.0,
+                   "--mode=evaluate: temperature T of the soft-label statistics (entropy and off-true-class mass "
+                   "of softmax(z/T), the distillation temperature).")
 
 flags.mark_flag_as_required("output_dir")
 
@@ -129,9 +158,15 @@ def validate_flags():
 
     from keras_icckd import export
 
+    if FLAGS.mode == "import":
+        validate_import_flags(need)
+    if FLAGS.mode == "evaluate":
+        need(FLAGS.model and os.path.isfile(FLAGS.model) and FLAGS.model.endswith((".keras", ".tflite")), "model",
+             "an existing .keras file written by keras_icckd or .tflite file written by --mode=export")
+        need(FLAGS.evaluate_temperature > 0, "evaluate_temperature", "> 0")
     if FLAGS.mode == "export":
         need(FLAGS.model and os.path.isfile(FLAGS.model) and FLAGS.model.endswith(".keras"), "model",
-             "an existing .keras file written by --mode=student")
+             "an existing .keras file written by keras_icckd (a student, an imported model or a teacher)")
         need(FLAGS.export_quantizations and set(FLAGS.export_quantizations) <= set(export.QUANTIZATIONS)
              and len(set(FLAGS.export_quantizations)) == len(FLAGS.export_quantizations),
              "export_quantizations", f"distinct names from {', '.join(export.QUANTIZATIONS)}")
@@ -140,11 +175,19 @@ def validate_flags():
              "representative_examples", ">= 1 when int8 is exported")
         need(FLAGS.parity_tolerance > 0, "parity_tolerance", "> 0")
     need(FLAGS.arch in backbones.names(), "arch", f"one of {', '.join(backbones.names())}")
+    if FLAGS.init_model is not None:
+        need(FLAGS.mode == "teacher", "init_model", "unset unless --mode=teacher")
+        need(os.path.isfile(FLAGS.init_model) and FLAGS.init_model.endswith(".keras"), "init_model",
+             "an existing .keras file (from --mode=import, --mode=teacher or --mode=student)")
     if FLAGS.mode == "student":
         need(FLAGS.student_arch in backbones.names(), "student_arch",
              f"one of {', '.join(backbones.names())}")
-        need(FLAGS.teacher and os.path.isfile(FLAGS.teacher) and FLAGS.teacher.endswith(".keras"),
-             "teacher", "an existing .keras file written by --mode=teacher")
+        need(FLAGS.teacher is None or (FLAGS.teacher and os.path.isfile(FLAGS.teacher)
+                                       and FLAGS.teacher.endswith(".keras")),
+             "teacher", "an existing .keras file written by --mode=teacher or --mode=import (no --teacher: CE alone)")
+        for name in ("objectives", "ce_weight"):
+            need(FLAGS.teacher or not FLAGS[name].present, name,
+                 "no value without --teacher (the student then trains with cross-entropy alone)")
         try:
             parsed = objectives.parse(FLAGS.objectives)
         except ValueError as e:
@@ -168,6 +211,18 @@ def validate_flags():
          f"a path with --dataset={FLAGS.dataset} (nothing is downloaded)")
     if FLAGS.data_dir:
         need(os.path.exists(FLAGS.data_dir), "data_dir", "an existing path")
+    need(FLAGS.image_size >= 0, "image_size", ">= 0 (0: the dataset's own size)")
+    need(not FLAGS.stream or FLAGS.dataset in ("folder", "tfds"), "stream",
+         "False unless --dataset=folder or --dataset=tfds (the other datasets fit in memory)")
+    need(not FLAGS.stream or FLAGS.mode in ("teacher", "student", "export"), "stream",
+         "False with --mode=import or --mode=evaluate (they read the test set into memory)")
+    need(not FLAGS.stream or FLAGS.input_pipeline != "numpy", "input_pipeline",
+         "auto or tf_data with --stream (streaming reads and decodes images with tf.data)")
+    need(not FLAGS.stream or FLAGS.data_dir or FLAGS.dataset == "tfds", "data_dir",
+         "the image folder or .tar archive to stream with --stream --dataset=folder")
+    need(FLAGS.eval_resize == 0 or FLAGS.eval_resize >= (FLAGS.image_size or 224), "eval_resize",
+         "0 or at least --image_size (the evaluation crop is cut from the resized image)")
+    need(FLAGS.shuffle_window >= 1, "shuffle_window", ">= 1")
     for name in ("epochs", "batch_size", "eval_batch_size", "synthetic_classes",
                  "synthetic_train_per_class", "synthetic_test_per_class", "synthetic_subclasses",
                  "icc_projection_dim"):
@@ -208,22 +263,103 @@ def validate_flags():
         raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} is not writable: {e}")
 
 
+def validate_import_flags(need):
+    """--mode=import: the checkpoint, --torch_normalization and --arch, and that torch is installed."""
+    from keras_icckd import backbones
+    from keras_icckd.data import sources
+
+    need(FLAGS.torch_checkpoint and os.path.isfile(FLAGS.torch_checkpoint), "torch_checkpoint",
+         "an existing PyTorch checkpoint file")
+    try:
+        sources.parse_normalization(FLAGS.torch_normalization, "--torch_normalization")
+    except ValueError as e:
+        raise app.UsageError(f"{e} (the normalisation the checkpoint was trained with)")
+    archs = backbones.importable_archs()
+    need(not FLAGS["arch"].present or FLAGS.arch in archs, "arch",
+         f"one of {', '.join(archs)} (or no --arch: inferred from the checkpoint)")
+    try:
+        backbones.torch_import.import_torch()
+    except ImportError as e:
+        raise app.UsageError(f"--mode=import: {e}")
+
+
+def load_stream():
+    """--stream: the ImageStream of --dataset=folder or tfds (an index in memory, images read lazily)."""
+    from keras_icckd.data import streaming
+
+    size = FLAGS.image_size or 224
+    if FLAGS.dataset == "tfds":
+        stream = streaming.open_tfds_stream(FLAGS.tfds_name, FLAGS.data_dir, test_split=FLAGS.tfds_test_split,
+                                            image_size=size, resize_size=FLAGS.eval_resize or None,
+                                            shuffle_window=FLAGS.shuffle_window)
+    else:
+        stream = streaming.open_image_stream(FLAGS.data_dir, image_size=size, resize_size=FLAGS.eval_resize or None)
+    return stream.subset(FLAGS.max_train_examples or None, FLAGS.max_test_examples or None, seed=FLAGS.seed)
+
+
+def is_stream(splits):
+    """Whether the data is an ImageStream (--stream) rather than in-memory Splits."""
+    from keras_icckd.data import streaming
+
+    return isinstance(splits, streaming.ImageStream)
+
+
+def normalization_of(splits):
+    from keras_icckd import data
+
+    return (splits.mean, splits.std) if is_stream(splits) else data.normalization_for(splits)
+
+
+def count(splits, split):
+    """Number of images of a split ("train" or "test")."""
+    if is_stream(splits):
+        return splits.num_train if split == "train" else splits.num_test
+    return len(getattr(splits, f"{split}_labels"))
+
+
+def image_shape(splits):
+    return tuple(splits.image_shape) if is_stream(splits) else tuple(splits.train_images.shape[1:])
+
+
+def eval_sample(splits, n, split="test"):
+    """(normalised float32 images, labels) of n class-balanced images of a split, in memory."""
+    if is_stream(splits) and splits.train_labels is None:  # TFDS: the first n, in stored (shuffled) order
+        return stream_head(splits, n, split)
+    if is_stream(splits):
+        return splits.subset(**{f"max_{split}": n}, seed=FLAGS.seed).eval_arrays(split)
+    sample = splits.subset(**{f"max_{split}": n}, seed=FLAGS.seed)
+    mean, std = normalization_of(splits)
+    return normalise(getattr(sample, f"{split}_images"), mean, std), getattr(sample, f"{split}_labels")
+
+
+def stream_head(stream, n, split):
+    import numpy as np
+
+    batches = stream.eval_dataset(min(n, 256), split).unbatch().take(n).batch(n).as_numpy_iterator()
+    images, labels = next(batches)
+    return images, np.asarray(labels, np.int32)
+
+
 def load_splits():
     from keras_icckd import data
 
+    if FLAGS.stream:
+        return load_stream()
     if FLAGS.dataset == "synthetic":
         splits = data.make_synthetic(
             num_classes=FLAGS.synthetic_classes, train_per_class=FLAGS.synthetic_train_per_class,
             test_per_class=FLAGS.synthetic_test_per_class, subclasses=FLAGS.synthetic_subclasses,
             seed=FLAGS.seed)
     else:
-        kwargs = {"tfds_name": FLAGS.tfds_name} if FLAGS.dataset == "tfds" else {}
+        kwargs = {"tfds_name": FLAGS.tfds_name, "test_split": FLAGS.tfds_test_split} if FLAGS.dataset == "tfds" else {}
         if FLAGS.dataset in ("cifar10", "cifar100"):
             kwargs["verify_checksum"] = FLAGS.verify_checksum
         splits = data.load(FLAGS.dataset, FLAGS.data_dir, **kwargs)
     if FLAGS.max_train_examples or FLAGS.max_test_examples:
         splits = splits.subset(FLAGS.max_train_examples or None, FLAGS.max_test_examples or None,
                                seed=FLAGS.seed)
+    if FLAGS.image_size:
+        splits = splits.resized(FLAGS.image_size)
     return splits
 
 
@@ -237,11 +373,18 @@ def normalise(images, mean, std):
 def check_fits_data(flag, model, splits):
     """Refuses a --teacher / --model whose classes or input shape differ from the dataset's."""
     classes, shape = int(model.output["logits"].shape[-1]), tuple(model.input.shape[1:])
-    data_shape = tuple(splits.train_images.shape[1:])
+    data_shape = image_shape(splits)
     if classes != splits.num_classes or shape != data_shape:
         raise app.UsageError(
             f"--{flag}={getattr(FLAGS, flag)!r} was trained for {classes} classes on {shape} images, but "
             f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of {data_shape} images")
+    from keras_icckd import backbones, data
+
+    try:  # an imported model records the normalisation it must be fed
+        backbones.check_feed_normalization(model, *normalization_of(splits),
+                                           what=f"--{flag}={getattr(FLAGS, flag)!r}")
+    except ValueError as e:
+        raise app.UsageError(f"{e} (--dataset={FLAGS.dataset})")
 
 
 def flag_values():
@@ -273,6 +416,8 @@ def resume_point(path):
         raise app.UsageError(f"{e}; delete it or pass --noresume to start over")
     settings = {k: v for k, v in flag_values().items() if k not in RESUMABLE_CHANGES}
     saved = {k: v for k, v in record.get("flags", {}).items() if k not in RESUMABLE_CHANGES}
+    for k in set(settings) - set(saved):  # a flag newer than the checkpoint ran at its default
+        saved[k] = FLAGS[k].default
     changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
     if changed:
         diff = ", ".join(f"--{k}={saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
@@ -288,15 +433,25 @@ def build_teacher(splits, steps):
 
     # A CE teacher (one view) leaves the projection head without gradients, as intended.
     warnings.filterwarnings("ignore", message=r"Gradients do not exist for variables \['projection_")
-    backbone = backbones.get(FLAGS.arch, num_classes=splits.num_classes,
-                             input_shape=splits.train_images.shape[1:])
+    if FLAGS.init_model:
+        from keras_icckd.models import load_teacher
+
+        try:
+            backbone = load_teacher(FLAGS.init_model)
+        except ValueError as e:
+            raise app.UsageError(f"--init_model={FLAGS.init_model!r}: {e}")
+        check_fits_data("init_model", backbone, splits)
+    else:
+        backbone = backbones.get(FLAGS.arch, num_classes=splits.num_classes,
+                                 input_shape=image_shape(splits))
+    arch = backbone.name
     teacher = ContrastiveTeacher(
         backbone, icc_lambda=FLAGS.icc_lambda, icc_delta=FLAGS.icc_delta, icc_tau=FLAGS.icc_tau,
         icc_cache_size=FLAGS.icc_cache_size, icc_margin_mode=FLAGS.icc_margin_mode,
         projection_dim=FLAGS.icc_projection_dim)
     return dict(model=teacher, saved=teacher, backbone=backbone, views=2 if FLAGS.icc_lambda > 0 else 1,
-                data_options={}, title=f"{FLAGS.arch} teacher, lambda={FLAGS.icc_lambda}",
-                results={"arch": FLAGS.arch})
+                data_options={}, title=f"{arch} teacher, lambda={FLAGS.icc_lambda}",
+                results={"arch": arch, "init_model": FLAGS.init_model and os.path.abspath(FLAGS.init_model)})
 
 
 KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -322,18 +477,32 @@ def load_student_teacher():
     return _TEACHER[FLAGS.teacher]
 
 
+def build_plain_student(splits):
+    """--mode=student without --teacher: the --student_arch backbone trained with CE alone, saved plain."""
+    from keras_icckd import backbones
+    from keras_icckd.models import ContrastiveTeacher
+
+    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes, input_shape=image_shape(splits))
+    # lambda 0: cross-entropy alone; its unused projection head is frozen and not saved.
+    model = ContrastiveTeacher(student, icc_lambda=0.0, icc_cache_size=0)
+    return dict(model=model, saved=student, backbone=student, views=1, data_options={},
+                title=f"{FLAGS.student_arch} student, cross-entropy alone",
+                results={"arch": FLAGS.student_arch, "teacher": None, "objectives": {}, "ce_weight": 1.0})
+
+
 def build_student(splits, steps):
     """--mode=student: a Distiller from the --teacher file into a --student_arch student."""
     from keras_icckd import backbones
     from keras_icckd.models import Distiller
 
+    if not FLAGS.teacher:
+        return build_plain_student(splits)
     teacher = load_student_teacher()
     check_fits_data("teacher", teacher, splits)
-    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes,
-                            input_shape=splits.train_images.shape[1:])
+    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes, input_shape=image_shape(splits))
     try:
         distiller = Distiller(student, teacher, FLAGS.objectives, ce_weight=FLAGS.ce_weight,
-                              num_train=len(splits.train_labels))
+                              num_train=count(splits, "train"))
         data_options = distiller.data_options()
         for objective in distiller.objective_layers:
             if getattr(objective, "experimental", False):
@@ -371,13 +540,13 @@ def run(builder):
     except ValueError as e:
         raise app.UsageError(f"--distribution={FLAGS.distribution!r}: {e}")
     splits = load_splits()
-    mean, std = data.normalization_for(splits)
-    num_train = len(splits.train_labels)
+    mean, std = normalization_of(splits)
+    num_train = count(splits, "train")
     if FLAGS.batch_size > num_train:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} is larger than the {num_train} training images")
     sizes = {"batch_size": FLAGS.batch_size, "eval_batch_size": FLAGS.eval_batch_size,
-             "max_test_examples": len(splits.test_labels),
-             "diagnostic_examples": min(FLAGS.diagnostic_examples, len(splits.test_labels))}
+             "max_test_examples": count(splits, "test"),
+             "diagnostic_examples": min(FLAGS.diagnostic_examples, count(splits, "test"))}
     for name, size in sizes.items():
         if size % factor:
             raise app.UsageError(f"--{name}: {size} is not a multiple of the {factor} data-parallel devices "
@@ -386,21 +555,28 @@ def run(builder):
     run_ = builder(splits, steps)
     model = run_["model"]
     train_ds = None
-    pipeline = data.input_pipeline(FLAGS.input_pipeline)
-    # Keras shards tf.data per process itself; the NumPy pipeline yields this process's share.
-    shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} \
-        if FLAGS.num_processes > 1 and pipeline.__name__.endswith("numpy_pipeline") else {}
-    if shard and keras.distribution.distribution() is not None:
-        keras.distribution.distribution().auto_shard_dataset = False  # each process reads its own share
-    if initial_epoch < FLAGS.epochs:
-        train_ds = pipeline.make_train_dataset(
-            splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
-            std=std, views=run_["views"], epochs=FLAGS.epochs, initial_epoch=initial_epoch,
-            **run_["data_options"], **shard)
-    test_ds = pipeline.make_eval_dataset(splits.test_images, splits.test_labels,
-                                         FLAGS.eval_batch_size, mean=mean, std=std, **shard)
+    if is_stream(splits):  # tf.data streaming; validate_flags refuses --stream with --input_pipeline=numpy
+        if initial_epoch < FLAGS.epochs:
+            train_ds = splits.train_dataset(FLAGS.batch_size, seed=FLAGS.seed, views=run_["views"],
+                                            epochs=FLAGS.epochs, initial_epoch=initial_epoch, **run_["data_options"])
+        test_ds, pipeline_name = splits.eval_dataset(FLAGS.eval_batch_size), "tf.data streaming"
+    else:
+        pipeline = data.input_pipeline(FLAGS.input_pipeline)
+        # Keras shards tf.data per process itself; the NumPy pipeline yields this process's share.
+        shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} \
+            if FLAGS.num_processes > 1 and pipeline.__name__.endswith("numpy_pipeline") else {}
+        if shard and keras.distribution.distribution() is not None:
+            keras.distribution.distribution().auto_shard_dataset = False  # each process reads its own share
+        if initial_epoch < FLAGS.epochs:
+            train_ds = pipeline.make_train_dataset(
+                splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,
+                std=std, views=run_["views"], epochs=FLAGS.epochs, initial_epoch=initial_epoch,
+                **run_["data_options"], **shard)
+        test_ds = pipeline.make_eval_dataset(splits.test_images, splits.test_labels,
+                                             FLAGS.eval_batch_size, mean=mean, std=std, **shard)
+        pipeline_name = pipeline.__name__
     logging.info("data: %s, %d train / %d test images, %d classes, %d view(s), input pipeline %s", splits.name,
-                 num_train, len(splits.test_labels), splits.num_classes, run_["views"], pipeline.__name__)
+                 num_train, count(splits, "test"), splits.num_classes, run_["views"], pipeline_name)
     schedule = training.epoch_step_decay(
         FLAGS.lr, steps, [int(e) for e in FLAGS.lr_decay_epochs if int(e) < FLAGS.epochs],
         FLAGS.lr_decay_rate, warmup_epochs=FLAGS.lr_warmup_epochs)
@@ -427,10 +603,8 @@ def run(builder):
     if FLAGS.diagnostic_examples and several:
         logging.warning("--diagnostic_examples: the class-distance diagnostics are off with --num_processes > 1")
     if FLAGS.diagnostic_examples and not several:
-        n = min(FLAGS.diagnostic_examples, len(splits.test_labels))
-        sample = splits.subset(max_test=n, seed=FLAGS.seed)
-        callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], normalise(sample.test_images, mean, std),
-                                                           sample.test_labels,
+        n = min(FLAGS.diagnostic_examples, count(splits, "test"))
+        callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], *eval_sample(splits, n),
                                                            FLAGS.eval_batch_size))
     writer = FLAGS.process_id == 0  # multi-host: process 0 writes, every process reads the checkpoint
     recorder = training.RunRecorder(checkpoint_path if writer else None, history=record["history"] if record else (),
@@ -468,13 +642,15 @@ def run(builder):
     results = {
         "mode": FLAGS.mode, **run_["results"], "dataset": splits.name,
         "num_classes": splits.num_classes, "num_train": num_train,
-        "num_test": len(splits.test_labels), "views": run_["views"],
+        "num_test": count(splits, "test"), "views": run_["views"],
         "normalization": {"mean": list(mean), "std": list(std)},
         "test_top1": tops[-1], "best_test_top1": max(tops), "best_epoch": 1 + tops.index(max(tops)),
         "history": rows, "flags": flag_values(), "backend": keras.backend.backend(),
         "keras_version": keras.__version__, "wall_seconds": recorder.elapsed,
     }
-    if "teacher" in run_ and not several:  # a predict() on process 0 alone would wait for the others
+    # A TFDS stream has no label index; several processes: a predict() on process 0 alone would wait
+    # for the others.
+    if "teacher" in run_ and getattr(splits, "test_labels", None) is not None and not several:
         logits = run_["teacher"].predict(test_ds, verbose=0)["logits"]
         results["teacher_test_top1"] = 100.0 * float(np.mean(np.argmax(logits, -1) == splits.test_labels))
     if rows and "intra_inter_ratio" in rows[-1]:
@@ -488,9 +664,12 @@ def run(builder):
     print(f"curves:  {os.path.abspath(curves_path)}")
 
 
+STREAM_EXPORT_TEST_IMAGES = 1000
+
+
 def run_export():
     """--mode=export: the --model student to TFLite files in output_dir, verified on test images."""
-    from keras_icckd import data, export
+    from keras_icckd import export
 
     try:
         student = export.load_student(FLAGS.model)
@@ -498,15 +677,19 @@ def run_export():
         raise app.UsageError(f"--model={FLAGS.model!r}: {e}")
     splits = load_splits()
     check_fits_data("model", student, splits)
-    mean, std = data.normalization_for(splits)
+    mean, std = normalization_of(splits)
     representative = None
     if "int8" in FLAGS.export_quantizations:
-        n = min(FLAGS.representative_examples, len(splits.train_labels))
-        representative = normalise(splits.subset(max_train=n, seed=FLAGS.seed).train_images, mean, std)
-    logging.info("exporting %s: verified on %d %s test images", FLAGS.model, len(splits.test_labels), splits.name)
+        n = min(FLAGS.representative_examples, count(splits, "train"))
+        representative = eval_sample(splits, n, "train")[0]
+    # A stream verifies on a class-balanced sample (--max_test_examples, default STREAM_EXPORT_TEST_IMAGES).
+    test_images, test_labels = eval_sample(splits, min(FLAGS.max_test_examples or STREAM_EXPORT_TEST_IMAGES,
+                                                        count(splits, "test")) if is_stream(splits)
+                                           else count(splits, "test"))
+    logging.info("exporting %s: verified on %d %s test images", FLAGS.model, len(test_labels), splits.name)
     try:
         report = export.export_tflite(
-            student, FLAGS.output_dir, test_images=normalise(splits.test_images, mean, std), test_labels=splits.test_labels,
+            student, FLAGS.output_dir, test_images=test_images, test_labels=test_labels,
             representative_images=representative, quantizations=FLAGS.export_quantizations,
             int8_io=FLAGS.export_int8_io, batch_size=FLAGS.export_batch_size or None,
             parity_tolerance=FLAGS.parity_tolerance, normalization={"mean": list(mean), "std": list(std)})
@@ -521,6 +704,120 @@ def run_export():
     print(f"report: {os.path.abspath(os.path.join(FLAGS.output_dir, 'export.json'))}")
 
 
+def run_import():
+    """--mode=import: --torch_checkpoint -> output_dir/model.keras (+ test top-1 with --dataset)."""
+    import keras
+    import numpy as np
+
+    from keras_icckd import backbones, data, evaluation, training
+    from keras_icckd.data import sources
+
+    splits, feed, input_shape = None, None, (32, 32, 3)
+    if FLAGS["dataset"].present:
+        splits = load_splits()
+        feed, input_shape = sources.feed_normalization_name(splits.name, splits.num_classes), splits.test_images.shape[1:]
+    try:
+        model = backbones.from_torch(FLAGS.torch_checkpoint, FLAGS.arch if FLAGS["arch"].present else None,
+                                     torch_normalization=FLAGS.torch_normalization, feed_normalization=feed,
+                                     input_shape=input_shape)
+    except backbones.TorchImportError as e:
+        raise app.UsageError(f"--torch_checkpoint={FLAGS.torch_checkpoint!r}: {e}")
+    normalization = model.input_normalization
+    results = {"mode": "import", "arch": model.name, "torch_checkpoint": os.path.abspath(FLAGS.torch_checkpoint),
+               "num_classes": model.num_classes, "torch_normalization": normalization["network"],
+               "feed_normalization": normalization["feed"],
+               "parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+               "flags": flag_values(), "backend": keras.backend.backend(), "keras_version": keras.__version__}
+    if splits is not None:
+        check_fits_data("torch_checkpoint", model, splits)
+        mean, std = data.normalization_for(splits)
+        logits, _ = evaluation.predict(model, normalise(splits.test_images, mean, std), FLAGS.eval_batch_size,
+                                       embedding=False)
+        results.update(dataset=splits.name, num_test=len(splits.test_labels),
+                       test_top1=evaluation.top_k_accuracy(logits, splits.test_labels, 1),
+                       test_top5=evaluation.top_k_accuracy(logits, splits.test_labels, 5))
+    model_path = os.path.join(FLAGS.output_dir, "model.keras")
+    metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")
+    training.atomic_save_model(model, model_path)
+    training.atomic_write_json(results, metrics_path)
+    print(f"imported {FLAGS.torch_checkpoint} as {model.name} ({model.num_classes} classes, "
+          f"{results['parameters']:,} parameters)")
+    if splits is not None:
+        print(f"test top-1 on {results['num_test']} {splits.name} test images: {results['test_top1']:.2f}%")
+    print(f"model:   {os.path.abspath(model_path)}")
+    print(f"results: {os.path.abspath(metrics_path)}")
+
+
+def run_evaluate():
+    """--mode=evaluate: metrics.json and evaluation.png of --model (.keras or .tflite) on the test set."""
+    import json
+
+    import keras
+    import numpy as np
+
+    from keras_icckd import data, evaluation, export, training
+
+    path = FLAGS.model
+    if path.endswith(".tflite"):
+        try:
+            model = export.TFLiteRunner(path)
+        except Exception as e:  # noqa: BLE001  (the interpreter raises several types on bad files)
+            raise app.UsageError(f"--model={path!r} is not a readable .tflite file: {e}")
+        classes, shape = int(model.output["shape"][-1]), tuple(int(d) for d in model.input["shape"][1:])
+        name = os.path.basename(path)
+    else:
+        try:
+            model = export.load_student(path)
+        except export.ExportError as e:
+            raise app.UsageError(f"--model={path!r}: {e}")
+        classes, shape, name = model.num_classes, tuple(model.input.shape[1:]), model.name
+    splits = load_splits()
+    data_shape = tuple(splits.test_images.shape[1:])
+    if classes != splits.num_classes or shape != data_shape:
+        raise app.UsageError(f"--model={path!r} was made for {classes} classes of {shape} images, but "
+                             f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of {data_shape} images")
+    mean, std = data.normalization_for(splits)
+    if path.endswith(".tflite"):  # export.json beside the file records what it is fed
+        report_path = os.path.join(os.path.dirname(path), "export.json")
+        recorded = json.load(open(report_path)).get("normalization") if os.path.isfile(report_path) else None
+        if recorded and not (np.allclose(recorded["mean"], mean, atol=1e-6) and np.allclose(recorded["std"], std, atol=1e-6)):
+            raise app.UsageError(f"--model={path!r} was exported for images normalised with {recorded} ({report_path}), "
+                                 f"but --dataset={FLAGS.dataset} is normalised with mean {list(mean)}, std {list(std)}")
+    else:
+        check_fits_data("model", model, splits)
+    logging.info("evaluating %s on %d %s test images", path, len(splits.test_labels), splits.name)
+    logits, _ = evaluation.predict(model, normalise(splits.test_images, mean, std), FLAGS.eval_batch_size,
+                                   embedding=False)
+    results = {"mode": "evaluate", "model": os.path.abspath(path), "format": "tflite" if path.endswith(".tflite")
+               else "keras", "arch": name, "dataset": splits.name, "num_classes": splits.num_classes,
+               "class_names": list(splits.class_names), "normalization": {"mean": list(mean), "std": list(std)},
+               **evaluation.evaluate_logits(logits, splits.test_labels, splits.num_classes,
+                                            temperature=FLAGS.evaluate_temperature)}
+    if not path.endswith(".tflite") and FLAGS.diagnostic_examples:
+        sample = splits.subset(max_test=min(FLAGS.diagnostic_examples, len(splits.test_labels)), seed=FLAGS.seed)
+        _, embeddings = evaluation.predict(model, normalise(sample.test_images, mean, std), FLAGS.eval_batch_size)
+        results["class_distances"] = {"num_examples": len(sample.test_labels),
+                                      **training.class_distance_stats(embeddings, sample.test_labels)}
+    results.update(flags=flag_values(), backend=keras.backend.backend(), keras_version=keras.__version__)
+    metrics_path = os.path.join(FLAGS.output_dir, "metrics.json")
+    picture_path = os.path.join(FLAGS.output_dir, "evaluation.png")
+    training.atomic_write_json(results, metrics_path)
+    evaluation.plot_evaluation(results, picture_path, splits.class_names,
+                               title=f"{name} on {results['num_test']} {splits.name} test images")
+    soft = results["soft_labels"]
+    print(f"{name} on {results['num_test']} {splits.name} test images: top-1 {results['test_top1']:.2f}%, "
+          f"top-5 {results['test_top5']:.2f}%, ECE {results['ece']:.4f} ({results['ece_bins']} bins)")
+    print(f"soft labels at T={soft['temperature']:g}: entropy {soft['mean_entropy']:.4f} nats, off-class mass "
+          f"{soft['mean_off_class_mass']:.4f}; within-class std (mean over classes): entropy "
+          f"{soft['mean_over_classes']['entropy_std']:.4f}, off-class mass "
+          f"{soft['mean_over_classes']['off_class_mass_std']:.4f}")
+    if "class_distances" in results:
+        print(f"intra/inter-class distance ratio: {results['class_distances']['intra_inter_ratio']:.4f} "
+              f"({results['class_distances']['num_examples']} test images)")
+    print(f"results: {os.path.abspath(metrics_path)}")
+    print(f"picture: {os.path.abspath(picture_path)}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -528,13 +825,65 @@ def main(argv):
     if FLAGS.mode == "export":
         run_export()
         return
+    if FLAGS.mode == "import":
+        run_import()
+        return
+    if FLAGS.mode == "evaluate":
+        run_evaluate()
+        return
     import keras
 
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
-    if FLAGS.mode == "student":
+    if FLAGS.mode == "student" and FLAGS.teacher:
         load_student_teacher()  # a foreign or mismatched teacher fails before any data is read
     run({"teacher": build_teacher, "student": build_student}[FLAGS.mode])
 
 
+def tf_error_text(message):
+    """The reason in a TensorFlow error message, without node names, stack notes and op suffixes."""
+    import re
+
+    skip = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "File ", "[[")
+    lines = [line.strip() for line in message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(skip)] or [message.strip()]
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", lines[0])
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text)
+
+
+def data_problem(error):
+    """The one line that ends a run on a data problem (naming the flag and the file), or None for other errors."""
+    from keras_icckd import data
+
+    message = str(error)
+    if not isinstance(error, data.DataError):
+        tf = sys.modules.get("tensorflow")
+        decoding = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError,
+                    tf.errors.UnknownError) if tf is not None else ()
+        if not (FLAGS.stream and isinstance(error, decoding)):
+            return None
+        message = "an image could not be read: " + tf_error_text(message)
+    if FLAGS.data_dir:
+        where = f"--data_dir={FLAGS.data_dir}"
+    elif FLAGS.dataset == "synthetic":
+        where = "--dataset=synthetic"
+    else:
+        where = f"--data_dir (default for --dataset={FLAGS.dataset}: {data.default_data_dir(FLAGS.dataset)})"
+    if FLAGS.dataset == "tfds":
+        where += f" --tfds_name={FLAGS.tfds_name}"
+    return f"data error: {where}: {' '.join(message.split())}"
+
+
+def cli_main(argv):
+    """`main`, ending every data problem with one line on stderr and exit code 1 (no traceback)."""
+    try:
+        main(argv)
+    except Exception as e:  # noqa: BLE001  (only data problems are caught; the rest is raised again)
+        line = data_problem(e)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli_main)

@@ -50,15 +50,19 @@ class ExportError(ValueError):
 
 
 def load_student(path):
-    """Loads a student backbone from a .keras file written by keras_icckd; clear errors otherwise."""
+    """Loads the backbone of a .keras file written by keras_icckd; clear errors otherwise.
+
+    Any model file of the project: a student (--mode=student), an imported model
+    (--mode=import), or a teacher (--mode=teacher), whose `ContrastiveTeacher` training wrapper
+    is dropped for its backbone (the network that classifies).
+    """
     from keras_icckd.backbones.base import Backbone
     from keras_icckd.models import ContrastiveTeacher
     from keras_icckd.training import load_model_file
 
     model = load_model_file(path, "model file", ExportError)
     if isinstance(model, ContrastiveTeacher):
-        raise ExportError(f"model file {path!r} holds a teacher training wrapper (ContrastiveTeacher), "
-                          "not a student: export the student's model.keras from --mode=student")
+        model = model.backbone
     if not isinstance(model, Backbone):
         raise ExportError(f"model file {path!r} holds a {type(model).__name__}, not a keras_icckd "
                           "student backbone")

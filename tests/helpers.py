@@ -1,5 +1,6 @@
 """Backend-neutral helpers shared by the tests: gradients and jit for TF and JAX."""
 
+import doctest
 import os
 import signal
 import subprocess
@@ -83,6 +84,41 @@ def outputs_under_other_backend(model_path, images, tmp_path):
     result = np.load(out)
     assert str(result["backend"]) == other
     return result
+
+
+def run_doctests(module):
+    """Runs the docstring examples of `module` (with `keras` in scope); fails if none ran or one failed."""
+    result = doctest.testmod(module, extraglobs={"keras": keras}, verbose=False,
+                             optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{module.__name__} has no docstring example that ran"
+    assert result.failed == 0, f"{result.failed} docstring example(s) of {module.__name__} failed"
+
+
+def torch_conv2d(x, weight, stride, padding, groups=1):
+    """PyTorch's Conv2d (NCHW input, OIHW weight, symmetric zero padding, no bias) in NumPy."""
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    out_c, in_per_group, kh, kw = weight.shape
+    h_out, w_out = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
+    out = np.zeros((x.shape[0], out_c, h_out, w_out), "float64")
+    for o in range(out_c):
+        g = o // (out_c // groups)
+        xs = x[:, g * in_per_group:(g + 1) * in_per_group]
+        for i in range(h_out):
+            for j in range(w_out):
+                patch = xs[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                out[:, o, i, j] = np.tensordot(patch, weight[o], axes=3)
+    return out
+
+
+def numeric_gradient(fn, x, step=1e-5):
+    """Central differences of a float64 function of an array, entry by entry."""
+    x, grad = np.float64(x), np.zeros(np.shape(x))
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += step
+        down[index] -= step
+        grad[index] = (fn(up) - fn(down)) / (2 * step)
+    return grad
 
 
 def checkpoint_epoch(path):

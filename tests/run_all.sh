@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up .venv if needed, then runs the test suite once per Keras backend (TensorFlow, JAX).
+# Sets up .venv if needed (requirements-test.txt: the runtime requirements plus PyTorch for the
+# checkpoint importer's tests), then runs the test suite once per Keras backend (TensorFlow, JAX).
 # The two sessions run side by side (much of a session is single-threaded start-up and
 # compilation, so this halves the wall time on 2 cores); each one's output is printed when it
 # ends. SEQUENTIAL=1 runs them one after the other with live output. Extra arguments go to pytest
@@ -7,7 +8,7 @@
 #   KERAS_BACKEND=jax .venv/bin/python -m pytest tests
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/experiments/ensure_env.sh" || exit 1
+bash "$root/experiments/ensure_env.sh" "$root/requirements-test.txt" || exit 1
 venv="${KERAS_ICCKD_VENV:-$root/.venv}"
 cd "$root"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}" PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"

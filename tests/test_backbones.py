@@ -1,13 +1,12 @@
 """Backbone zoo: parameter counts vs PyTorch, output dicts, config and `.keras` round trips."""
 
-import doctest
 import json
 
 import keras
 import numpy as np
 import pytest
 
-from helpers import outputs_under_other_backend
+from helpers import outputs_under_other_backend, run_doctests, torch_conv2d
 from keras_icckd import backbones
 from keras_icckd.backbones import base, mobile, registry, resnet, vgg, wrn
 
@@ -37,6 +36,17 @@ def torch_resnet(depth, filters, num_classes):
                 total += _conv(inp, planes, 1) + _bn(planes)
             inp = planes
     return total + _linear(filters[3], num_classes)
+
+
+def torch_resnet_option_a(depth, num_classes):
+    """akamaster's CIFAR-10 ResNet: the same blocks, shortcuts without parameters."""
+    n, inp, filters = (depth - 2) // 6, 16, (16, 32, 64)
+    total = _conv(3, inp, 3) + _bn(inp)
+    for planes in filters:
+        for _ in range(n):
+            total += _conv(inp, planes, 3) + _bn(planes) + _conv(planes, planes, 3) + _bn(planes)
+            inp = planes
+    return total + _linear(64, num_classes)
 
 
 def torch_wrn(depth, k, num_classes):
@@ -98,6 +108,7 @@ _VGG_CFGS = {
 }
 TORCH_COUNTS = {
     **{f"resnet{d}": torch_resnet(d, (16, 16, 32, 64), 100) for d in (8, 14, 20, 32, 44, 56, 110)},
+    **{f"resnet{d}_option_a": torch_resnet_option_a(d, 100) for d in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": torch_resnet(8, (32, 64, 128, 256), 100),
     "resnet32x4": torch_resnet(32, (32, 64, 128, 256), 100),
     **{f"wrn_{d}_{k}": torch_wrn(d, k, 100) for d in (16, 40) for k in (1, 2)},
@@ -117,8 +128,46 @@ def _trainable_count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
+IMAGENET_PRESETS = ("mobilenetv1_imagenet", "resnet18_imagenet", "resnet34_imagenet", "resnet50_imagenet")  # counted
+# exactly in tests/test_imagenet_backbones.py
+
+
 def test_names_are_the_presets():
-    assert backbones.names() == sorted(TORCH_COUNTS)
+    assert backbones.names() == sorted([*TORCH_COUNTS, *IMAGENET_PRESETS])
+
+
+# akamaster/pytorch_resnet_cifar10's README: parameters of its CIFAR-10 (10-class) option-A ResNets.
+OPTION_A_PUBLISHED = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M"}
+
+
+@pytest.mark.parametrize("depth", sorted(OPTION_A_PUBLISHED))
+def test_option_a_parameter_count_is_exact(depth):
+    with keras.StatelessScope(initialize_variables=False):
+        model = backbones.get(f"resnet{depth}_option_a", num_classes=10)
+    count = _trainable_count(model)
+    shortcuts = [layer for layer in model.layers if isinstance(layer, resnet.OptionAShortcut)]
+    keras.utils.clear_session()
+    assert count == torch_resnet_option_a(depth, 10)
+    published = OPTION_A_PUBLISHED[depth]
+    digits = len(published.split(".")[1]) - 1
+    assert f"{count / 1e6:.{digits}f}M" == published
+    assert len(shortcuts) == 2 and not any(layer.weights for layer in shortcuts)
+
+
+def test_option_a_shortcut_is_every_second_pixel_zero_padded():
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype("float32")
+    out = keras.ops.convert_to_numpy(resnet.OptionAShortcut(2)(x))
+    expected = np.zeros((2, 3, 3, 8), "float32")
+    expected[..., 2:6] = x[:, ::2, ::2, :]
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("filters", [(32, 64, 128, 256), (16, 16, 32, 48), (15, 15, 30, 60)])
+def test_option_a_refuses_filters_it_cannot_pad(filters):
+    with pytest.raises(ValueError, match="option_a"):
+        resnet.ResNet(depth=8, filters=filters, shortcut="option_a")
+    with pytest.raises(ValueError, match="shortcut"):
+        resnet.ResNet(depth=8, shortcut="option_b")
 
 
 @pytest.mark.parametrize("name", sorted(TORCH_COUNTS))
@@ -130,9 +179,9 @@ def test_parameter_count_matches_pytorch(name):
     paths = [w.path for w in model.weights]
     layer_names = [layer.name for layer in model.layers]
     keras.utils.clear_session()  # drops the never-initialised variables
-    assert abs(count - TORCH_COUNTS[name]) <= 0.01 * TORCH_COUNTS[name], (count, TORCH_COUNTS[name])
-    if name in LITERATURE_COUNTS:
-        assert abs(count - LITERATURE_COUNTS[name]) <= 0.01 * LITERATURE_COUNTS[name]
+    assert count == TORCH_COUNTS[name]
+    if name in LITERATURE_COUNTS:  # published in units of 0.01M
+        assert abs(count - LITERATURE_COUNTS[name]) < 1e4, (count, LITERATURE_COUNTS[name])
     assert len(set(paths)) == len(paths) and len(set(layer_names)) == len(layer_names)
 
 
@@ -183,7 +232,8 @@ def test_output_dict(built, name):
     k = len(shapes)
     feats = [f"feat{i}" for i in range(k)]
     preacts = [f"preact{i}" for i in range(k)]
-    assert set(outputs) == {"logits", "embedding", *feats, *preacts}
+    extra = {f"stage{k}" for k in (1, 2, 3)} if name.startswith("wrn") else set()  # raw stage sums
+    assert set(outputs) == {"logits", "embedding", *feats, *preacts, *extra}
     assert isinstance(model.output, dict) and set(model.output) == set(outputs)
     assert outputs["logits"].shape == (2, NUM_CLASSES)
     assert outputs["embedding"].shape == (2, embedding_dim)
@@ -261,22 +311,6 @@ def test_bad_input_shape(input_shape):
         backbones.get("resnet8", input_shape=input_shape)
 
 
-def _torch_conv2d(x, weight, stride, padding, groups=1):
-    """PyTorch's Conv2d (NCHW input, OIHW weight, symmetric zero padding) in NumPy."""
-    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    out_c, in_per_group, k, _ = weight.shape
-    h_out, w_out = (x.shape[2] - k) // stride + 1, (x.shape[3] - k) // stride + 1
-    out = np.zeros((x.shape[0], out_c, h_out, w_out), "float64")
-    for o in range(out_c):
-        g = o // (out_c // groups)
-        xs = x[:, g * in_per_group:(g + 1) * in_per_group]
-        for i in range(h_out):
-            for j in range(w_out):
-                patch = xs[:, :, i * stride:i * stride + k, j * stride:j * stride + k]
-                out[:, o, i, j] = np.tensordot(patch, weight[o], axes=3)
-    return out
-
-
 @pytest.mark.parametrize("kernel_size,stride,depthwise", [
     (3, 1, False), (3, 2, False), (1, 2, False), (3, 2, True), (3, 1, True)])
 def test_conv_padding_matches_pytorch(kernel_size, stride, depthwise):
@@ -286,7 +320,7 @@ def test_conv_padding_matches_pytorch(kernel_size, stride, depthwise):
     x = np.random.default_rng(0).normal(size=(2, 6, 6, 4)).astype("float32")
     kernel = keras.ops.convert_to_numpy(model.get_layer("c").weights[0])  # (k, k, in, out|1)
     weight = kernel.transpose(2, 3, 0, 1) if depthwise else kernel.transpose(3, 2, 0, 1)
-    reference = _torch_conv2d(x.transpose(0, 3, 1, 2), weight, stride, (kernel_size - 1) // 2,
+    reference = torch_conv2d(x.transpose(0, 3, 1, 2), weight, stride, (kernel_size - 1) // 2,
                               groups=4 if depthwise else 1)
     out = keras.ops.convert_to_numpy(model(x))
     np.testing.assert_allclose(out, reference.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
@@ -303,6 +337,4 @@ def test_channel_shuffle_matches_pytorch_order():
 @pytest.mark.parametrize("module", [base, registry, resnet, wrn, vgg, mobile],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_docstring_examples(module):
-    result = doctest.testmod(module, extraglobs={"keras": keras}, verbose=False,
-                             optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
+    run_doctests(module)

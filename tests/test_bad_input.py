@@ -58,7 +58,7 @@ def validate(argv, files):
         finally:
             run.FLAGS = saved
             for flag in run.FLAGS.get_flags_for_module(run):
-                flag.value = flag.default
+                flag.value, flag.present = flag.default, 0
     except (app.UsageError, flags.Error) as e:
         return str(e)
     return None
@@ -68,10 +68,10 @@ STUDENT = ["--mode=student", "--teacher={teacher}"]
 EXPORT = ["--mode=export", "--model={teacher}"]
 
 FLAG_CASES = [
-    (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of mobilenetv2,"),
+    (["--arch=resnet9"], "--arch='resnet9' is not allowed: expected one of mobilenetv1_imagenet, mobilenetv2,"),
     ([*STUDENT, "--student_arch=resnet7"], "--student_arch='resnet7' is not allowed: expected one of"),
-    (["--dataset=imagenet"], "value should be one of <cifar10|cifar100|folder|tfds|synthetic>"),
-    (["--mode=train"], "value should be one of <teacher|student|export>"),
+    (["--dataset=imagenet"], "value should be one of <cifar10|cifar100|folder|tfds|synthetic|tinyimagenet>"),
+    (["--mode=train"], "value should be one of <teacher|student|export|import|evaluate>"),
     (["--optimizer=adam"], "value should be one of <torch_sgd|keras_sgd>"),
     (["--dtype_policy=float16"], "value should be one of <float32|mixed_float16|mixed_bfloat16>"),
     (["--epochs=0"], "--epochs=0 is not allowed: expected >= 1"),
@@ -98,10 +98,20 @@ FLAG_CASES = [
     ([*STUDENT, "--objectives="], "--objectives='' is not allowed"),
     ([*STUDENT, "--ce_weight=-1"], "--ce_weight=-1.0 is not allowed: expected >= 0"),
     (["--mode=student", "--teacher=/nonexistent/t.keras"], "--teacher='/nonexistent/t.keras' is not allowed"),
-    (["--mode=student"], "--teacher=None is not allowed"),
+    (["--mode=student"], None),  # no --teacher: the student trains with cross-entropy alone
+    (["--mode=student", "--objectives=kd:1"], "--objectives='kd:1' is not allowed: expected no value without --teacher"),
+    (["--mode=student", "--ce_weight=0.5"], "--ce_weight=0.5 is not allowed: expected no value without --teacher"),
+    (["--mode=student", "--teacher="], "--teacher='' is not allowed"),
+    (["--mode=evaluate"], "--model=None is not allowed: expected an existing .keras file written by keras_icckd or"),
+    (["--mode=evaluate", "--model={text}", "--evaluate_temperature=0"], "--evaluate_temperature=0.0 is not allowed"),
     (["--dataset=cifar100"], "--data_dir=None is not allowed: expected a path with --dataset=cifar100"),
     (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar' is not allowed"),
     (["--dataset=tfds"], "--tfds_name=None is not allowed"),
+    (["--image_size=-1"], "--image_size=-1 is not allowed: expected >= 0"),
+    (["--dataset=tinyimagenet", "--stream"], "--stream=True is not allowed: expected False unless --dataset=folder"),
+    (["--dataset=folder", "--stream"], "--data_dir=None is not allowed: expected the image folder or .tar archive"),
+    (["--dataset=tfds", "--tfds_name=x", "--stream", "--eval_resize=200"], "--eval_resize=200 is not allowed"),
+    (["--dataset=tfds", "--tfds_name=x", "--stream", "--shuffle_window=0"], "--shuffle_window=0 is not allowed"),
     (["--output_dir={blocker}/sub"], "is not writable"),
     (["--mode=export"], "--model=None is not allowed"),
     (["--mode=export", "--model={text}"], None),  # an existing .keras path passes here; loading refuses it
@@ -110,6 +120,12 @@ FLAG_CASES = [
     ([*EXPORT, "--export_batch_size=-1"], "--export_batch_size=-1 is not allowed"),
     ([*EXPORT, "--parity_tolerance=0"], "--parity_tolerance=0.0 is not allowed"),
     ([*EXPORT, "--representative_examples=0"], "--representative_examples=0 is not allowed"),
+    (["--mode=import"], "--torch_checkpoint=None is not allowed: expected an existing PyTorch checkpoint file"),
+    (["--mode=import", "--torch_checkpoint={text}"],
+     "--torch_normalization=None is not allowed: expected one of cifar10, cifar100, imagenet, tinyimagenet or six numbers"),
+    (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=0.5,0.5,0.5,0.2,0.2"],
+     "--torch_normalization='0.5,0.5,0.5,0.2,0.2' is not allowed"),
+    (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=imagenet"], None),
 ]
 
 

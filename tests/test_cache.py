@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import jitted, to_numpy
+from helpers import jitted, run_doctests, to_numpy
 from keras_icckd.models import IntraClassCache
 
 
@@ -69,8 +69,6 @@ def test_enqueue_under_jit_advances_state():
 
 
 def test_doctest_example():
-    import doctest
-
     from keras_icckd.models import cache as module
 
-    assert doctest.testmod(module, extraglobs={"keras": keras}).failed == 0
+    run_doctests(module)

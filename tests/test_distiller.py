@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import outputs_under_other_backend, to_numpy
+from helpers import outputs_under_other_backend, run_doctests, to_numpy
 from keras_icckd import backbones, data, objectives
 from keras_icckd.models import ContrastiveTeacher, Distiller, load_teacher
 
@@ -189,13 +189,11 @@ def test_at_refuses_mismatched_stages():
 
 
 def test_doctest_examples():
-    import doctest
-
     from keras_icckd.models import distiller as module
     from keras_icckd.objectives import crd, dcd, kd
 
     for m in (module, kd, crd, dcd):
-        assert doctest.testmod(m, extraglobs={"keras": keras}).failed == 0
+        run_doctests(m)
 
 
 def test_parse_constructor_options():

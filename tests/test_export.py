@@ -160,10 +160,13 @@ def test_bad_inputs_are_refused_and_leave_nothing(student, tmp_path):
     assert_refused(tmp_path, "expected a keras_icckd student backbone", keras.Sequential([keras.layers.Dense(2)]))
 
 
-def test_teacher_and_foreign_files_are_refused(tmp_path):
+def test_a_teacher_file_gives_its_backbone_and_foreign_files_are_refused(tmp_path):
     teacher = ContrastiveTeacher(backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3)), icc_cache_size=0)
     teacher.save(str(tmp_path / "teacher.keras"))
-    assert_refused(tmp_path, "teacher training wrapper", str(tmp_path / "teacher.keras"))
+    loaded = export.load_student(str(tmp_path / "teacher.keras"))
+    assert type(loaded).__name__ == "ResNet" and loaded.name == teacher.backbone.name
+    for mine, theirs in zip(loaded.weights, teacher.backbone.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(theirs))
     foreign = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     foreign.save(str(tmp_path / "foreign.keras"))
     assert_refused(tmp_path, "holds a Sequential", str(tmp_path / "foreign.keras"))
@@ -196,10 +199,7 @@ def test_cli_export_and_its_errors(student, tmp_path):
     assert report["files"]["float32"]["max_abs_diff"] <= 1e-4 and report["num_test"] == 100
     assert report["num_representative"] == 50 and report["normalization"]["mean"][0] == pytest.approx(0.4914)
 
-    teacher = ContrastiveTeacher(backbones.get("resnet8", num_classes=10), icc_cache_size=0)
-    teacher.save(str(tmp_path / "teacher.keras"))
     for args, message in (
-            ([f"--model={tmp_path / 'teacher.keras'}"], "teacher training wrapper"),
             ([f"--model={tmp_path / 'none.keras'}"], "is not allowed: expected an existing .keras file"),
             ([f"--model={path}", "--export_quantizations=float32,int4"], "--export_quantizations"),
             ([f"--model={path}", "--representative_examples=0"], "--representative_examples=0"),

@@ -57,3 +57,47 @@ def test_full_protocol_flagfiles_exist_for_every_standard_pair(pair):
         if setting != "alone":
             kind = "icc" if setting.endswith("icc") else "ce"
             assert f"--teacher=runs/teacher_{teacher}_cifar100_{kind}/model.keras" in text, path
+
+
+IMAGENET_PAIRS = {"resnet18_from_resnet34": 0.5, "mobilenetv1_from_resnet50": 2.0}  # mdistiller's DKD beta
+
+
+def read_flags(path):
+    lines = [line.strip() for line in open(path) if line.strip() and not line.startswith("#")]
+    return dict(line[2:].split("=", 1) if "=" in line else (line[2:], "true") for line in lines)
+
+
+@pytest.mark.parametrize("pair", sorted(IMAGENET_PAIRS))
+def test_imagenet_protocol_flagfiles(pair):
+    """mdistiller's ImageNet settings, streamed at 224, lr = 0.1 x batch / 256 (the rule the comments state)."""
+    flags_dir = os.path.join(REPO_ROOT, "experiments", "flags", "imagenet")
+    teacher = pair.split("_from_")[1]
+    for kind in ("ce", "icc"):
+        values = read_flags(os.path.join(flags_dir, f"teacher_{teacher}_imagenet_{kind}.flags"))
+        assert values["arch"] == f"{teacher}_imagenet" and values["epochs"] == "90"
+        assert values["lr_decay_epochs"] == "30,60" and values["icc_lambda"] == ("0" if kind == "ce" else "0.05")
+    for setting in ("kd_ce", "kd_icc", "dkd", "crd"):
+        path = os.path.join(flags_dir, f"student_{pair}_imagenet_{setting}.flags")
+        values = read_flags(path)
+        assert values["student_arch"] == f"{pair.split('_from_')[0]}_imagenet", path
+        assert values["stream"] == "true" and values["image_size"] == "224" and values["eval_resize"] == "256"
+        assert values["epochs"] == "100" and values["lr_decay_epochs"] == "30,60,90" and values["weight_decay"] == "1e-4"
+        assert float(values["lr"]) == pytest.approx(0.1 * int(values["batch_size"]) / 256)
+        kind = "icc" if setting == "kd_icc" else "ce"
+        assert values["teacher"] == f"runs/teacher_{teacher}_imagenet_{kind}/model.keras"
+        if setting.startswith("kd"):
+            assert values["objectives"] == "kd(temperature=1):0.5" and values["ce_weight"] == "0.5"
+        if setting == "dkd":
+            assert f"beta={IMAGENET_PAIRS[pair]};temperature=1.0;warmup_epochs=1" in values["objectives"]
+        assert "lr = 0.1 x batch / 256" in open(path).read()
+
+
+def test_tinyimagenet_protocol_flagfiles():
+    flags_dir = os.path.join(REPO_ROOT, "experiments", "flags", "tinyimagenet")
+    for name in ("teacher_resnet32x4_tinyimagenet_ce", "teacher_resnet32x4_tinyimagenet_icc",
+                 "student_resnet8x4_from_resnet32x4_tinyimagenet_kd_ce",
+                 "student_resnet8x4_from_resnet32x4_tinyimagenet_kd_icc"):
+        values = read_flags(os.path.join(flags_dir, f"{name}.flags"))
+        assert values["dataset"] == "tinyimagenet" and "image_size" not in values  # the native 64 x 64
+        assert (values["epochs"], values["batch_size"], values["lr"]) == ("200", "256", "0.2")
+        assert values["lr_decay_epochs"] == "60,120,160" and values["weight_decay"] == "5e-4"

@@ -171,34 +171,6 @@ def pckd_case(d_s=6, d_t=8, classes=3, batch=4, views=4):
     return pckd, student, teacher, labels, classifiers
 
 
-def ref_pckd(pckd, student, teacher, labels, classifiers, epoch):
-    views = len(student["logits"]) // len(labels)
-    y = np.tile(labels, views)
-    w = ref_preview(ref_ce(y, student["logits"]), epoch)
-    kd = ref_kd(student["logits"], teacher["logits"], w)
-    # projector in training mode: Dense -> BN (batch statistics, gamma 1, beta 0) -> ReLU -> Dense
-    (k1, b1), (k2, b2) = [(to_numpy(layer.kernel), to_numpy(layer.bias))
-                          for layer in (pckd.projector.layers[0], pckd.projector.layers[3])]
-    h = np.float64(student["embedding"]) @ k1 + b1
-    h = np.maximum((h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5), 0)
-    fa = ref_fa(h @ k2 + b2, teacher["embedding"])
-    (ws, bs), (wt, bt) = classifiers["student_classifier"], classifiers["teacher_classifier"]
-    ca = 0.0 if ws.shape != wt.shape else np.mean((np.c_[ws.T, bs] - np.c_[wt.T, bt]) ** 2)
-    heads = [(to_numpy(layer.kernel), to_numpy(layer.bias)) for layer in (pckd.cc_student, pckd.cc_teacher)]
-    u = ref_normalize(np.float64(student["embedding"]) @ heads[0][0] + heads[0][1]) @ ws
-    v = ref_normalize(np.float64(student["embedding"]) @ heads[1][0] + heads[1][1]) @ wt
-    cc = ref_supcon(np.r_[u, v], np.r_[y, y], np.r_[w, w])
-    return kd + 0.05 * cc + ca + 20 * fa
-
-
-@pytest.mark.parametrize("d_t, epoch", [(8, 1.0), (6, 30.0)])
-def test_pckd_objective_against_numpy(d_t, epoch):
-    pckd, student, teacher, labels, classifiers = pckd_case(d_t=d_t)
-    got = pckd.compute(student, teacher, labels, {"epoch": epoch, "training": True, **classifiers})
-    assert float(to_numpy(got)) == pytest.approx(ref_pckd(pckd, student, teacher, labels, classifiers, epoch),
-                                                 rel=1e-4)
-
-
 def test_pckd_gradients_reach_student_and_heads_only():
     pckd, student, teacher, labels, classifiers = pckd_case(d_t=6)
 
@@ -211,7 +183,10 @@ def test_pckd_gradients_reach_student_and_heads_only():
     grads = gradients(loss, student["logits"], student["embedding"], teacher["logits"], teacher["embedding"],
                       classifiers["student_classifier"][0])
     assert all(np.isfinite(g).all() for g in grads)
-    assert np.abs(grads[0]).max() > 0 and np.abs(grads[1]).max() > 0 and np.abs(grads[4]).max() > 0
+    assert np.abs(grads[1]).max() > 0 and np.abs(grads[4]).max() > 0
+    # KD's weight is 0 by default (the official command): the logits' gradient comes from CE in the
+    # Distiller; the preview weights are constants in L_CC (test_reference_parity pins both paths).
+    assert not grads[0].any()
     assert not grads[2].any() and not grads[3].any()
 
 

@@ -69,6 +69,37 @@ def test_student_run_distils_from_the_teacher_file(teacher_run, tmp_path):
     assert type(student).__name__ == "ResNet"  # the student alone, no distillation machinery
 
 
+def test_teacher_fine_tuned_from_init_model_starts_from_its_weights(teacher_run, tmp_path):
+    init = os.path.join(teacher_run[0], "model.keras")  # a teacher's file: its backbone is the start
+    out = os.path.join(tmp_path, "fine_tuned")
+    result = run([*SMALL, f"--init_model={init}", "--arch=resnet14", "--icc_lambda=0", "--epochs=1",
+                  "--lr=1e-12", "--weight_decay=0", "--lr_decay_epochs=", f"--output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["arch"] == "resnet8" and metrics["init_model"] == init  # the file's net, not --arch
+    before = keras.saving.load_model(init).backbone
+    after = keras.saving.load_model(os.path.join(out, "model.keras")).backbone
+    kernels = [(w.path, w) for w in before.weights if w.path.endswith("kernel")]
+    assert len(kernels) >= 8
+    tuned = {w.path: w for w in after.weights}
+    for path, w in kernels:  # lr 1e-12: one epoch leaves every kernel where the file had it
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(tuned[path]), keras.ops.convert_to_numpy(w),
+                                   atol=1e-9, err_msg=path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode=student", "--teacher={init}"], "--init_model="),
+    (["--synthetic_classes=5"], "was trained for 3 classes"),
+])
+def test_bad_init_model(teacher_run, tmp_path, args, message):
+    init = os.path.join(teacher_run[0], "model.keras")
+    out = os.path.join(tmp_path, "run")
+    result = run([*SMALL, f"--init_model={init}", f"--output_dir={out}", *[a.format(init=init) for a in args]])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out, "model.keras"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--teacher=/nonexistent/t.keras"], "--teacher='/nonexistent/t.keras' is not allowed"),
     (["--objectives=kd:0.9,crd2:1"], "unknown name 'crd2'"),

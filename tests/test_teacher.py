@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import to_numpy
+from helpers import run_doctests, to_numpy
 from keras_icckd import backbones, data, training
 from keras_icckd.models import ContrastiveTeacher
 
@@ -106,11 +106,9 @@ def test_not_a_backbone_is_refused():
 
 
 def test_doctest_example():
-    import doctest
-
     from keras_icckd.models import teacher as module
 
-    assert doctest.testmod(module, extraglobs={"keras": keras}).failed == 0
+    run_doctests(module)
 
 
 def test_icc_raises_intra_inter_ratio():

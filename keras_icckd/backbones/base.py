@@ -6,7 +6,8 @@ Every backbone is a functional `keras.Model` whose single forward pass returns a
 - "embedding": the pooled penultimate feature, input of the classifier, (B, d);
 - "feat0" .. "featK": each stage's feature map after its last activation ("feat0" = the stem);
 - "preact0" .. "preactK": the same maps before that activation (equal to the feat where the
-  stage ends without one).
+  stage ends without one);
+- family-specific maps that a reference method uses instead (WideResNet: "stage1".."stage3").
 
 Numerics follow PyTorch: BatchNorm epsilon 1e-5 and momentum 0.1 (Keras momentum 0.9), 3x3
 convolutions padded by 1 on every side (stride-2 ones by an explicit `ZeroPadding2D(1)` and a
@@ -227,6 +228,113 @@ class ChannelShuffle(layers.Layer):
         return {**super().get_config(), "groups": self.groups}
 
 
+@keras.saving.register_keras_serializable(package="keras_icckd")
+class InputRenormalization(layers.Layer):
+    """Maps images normalised one way to the same images normalised another way, per channel.
+
+    With pixels p in [0, 1], the input is x = (p - feed_mean) / feed_std (how this project feeds
+    every model) and the output (p - network_mean) / network_std (what a network trained
+    elsewhere expects), computed in that order: p = x * feed_std + feed_mean first. As the first
+    layer of a backbone it keeps the network's zero padding at the image borders exact, which
+    folding the affine map into the first convolution would not.
+
+    Args:
+        feed_mean, feed_std: per-channel constants of the input's normalisation.
+        network_mean, network_std: per-channel constants of the output's normalisation.
+
+    Example:
+
+    >>> layer = InputRenormalization([0.5] * 3, [0.25] * 3, [0.0] * 3, [1.0] * 3)
+    >>> keras.ops.convert_to_numpy(layer(np.full((1, 1, 1, 3), 2.0, "float32")))[0, 0, 0]
+    array([1., 1., 1.], dtype=float32)
+    """
+
+    def __init__(self, feed_mean, feed_std, network_mean, network_std, **kwargs):
+        super().__init__(**kwargs)
+        values = [[float(v) for v in values] for values in (feed_mean, feed_std, network_mean, network_std)]
+        if len({len(v) for v in values}) != 1 or min(values[1] + values[3]) <= 0:
+            raise ValueError("feed_mean, feed_std, network_mean and network_std must have one value per "
+                             f"channel, the stds > 0; got {values}")
+        self.feed_mean, self.feed_std, self.network_mean, self.network_std = values
+
+    def build(self, input_shape):
+        if input_shape[-1] != len(self.feed_mean):
+            raise ValueError(f"{len(self.feed_mean)} channels of normalisation constants for inputs of "
+                             f"shape {tuple(input_shape)}")
+
+    def call(self, x):
+        def constant(values):
+            return ops.convert_to_tensor(np.asarray(values, "float32"), dtype=x.dtype)
+
+        pixels = x * constant(self.feed_std) + constant(self.feed_mean)
+        return (pixels - constant(self.network_mean)) / constant(self.network_std)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "feed_mean": self.feed_mean, "feed_std": self.feed_std,
+                "network_mean": self.network_mean, "network_std": self.network_std}
+
+
+def _check_normalization(spec, what):
+    ok = isinstance(spec, dict) and {"mean", "std"} <= set(spec) <= {"name", "mean", "std"}
+    if ok:
+        try:
+            name = spec.get("name")
+            mean, std = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
+            ok = (name is None or isinstance(name, str)) and len(mean) == len(std) >= 1 \
+                and np.all(np.isfinite(mean + std)) and min(std) > 0
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise ValueError(f"input_normalization[{what!r}] must be a dict with 'mean' and 'std' (one "
+                         f"value per channel, std > 0) and an optional 'name'; got {spec!r}")
+    return {"name": name, "mean": mean, "std": std}
+
+
+def canonical_input_normalization(spec):
+    """Checks a backbone's `input_normalization` argument; returns it in canonical form or None.
+
+    Args:
+        spec: None, or {"network": {"name", "mean", "std"}, "feed": {"name", "mean", "std"}}:
+            the normalisation the network's weights expect and the one it is fed ("name" may be
+            None; `keras_icckd.data.parse_normalization` builds these from names or numbers).
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or set(spec) != {"network", "feed"}:
+        raise ValueError("input_normalization must be None or a dict with the keys 'network' and 'feed'; "
+                         f"got {spec!r}")
+    return {key: _check_normalization(spec[key], key) for key in ("network", "feed")}
+
+
+def check_feed_normalization(model, mean, std, what="model"):
+    """Refuses to feed `model` images normalised with (mean, std) when it was built for others.
+
+    A backbone imported from another framework records the normalisation it must be fed
+    (`model.input_normalization["feed"]`); a model without one accepts any.
+
+    Args:
+        model: a keras_icckd backbone.
+        mean, std: per-channel constants the data is normalised with.
+        what: how the model is named in the error message.
+
+    Raises:
+        ValueError: the constants differ (beyond 1e-6) from the recorded ones.
+    """
+    spec = getattr(model, "input_normalization", None)
+    if spec is None:
+        return
+    feed = spec["feed"]
+    same = len(mean) == len(feed["mean"]) and np.allclose(mean, feed["mean"], rtol=0, atol=1e-6) \
+        and np.allclose(std, feed["std"], rtol=0, atol=1e-6)
+    if not same:
+        label = f" ({feed['name']})" if feed.get("name") else ""
+        raise ValueError(f"{what} expects images normalised with mean {feed['mean']}, std {feed['std']}{label}, "
+                         f"but the data is normalised with mean {list(mean)}, std {list(std)}")
+
+
 def _check_args(num_classes, input_shape):
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
             or num_classes < 1:
@@ -246,9 +354,17 @@ class Backbone(keras.Model):
     """Base of the backbones: checks the shared arguments and assembles the output dict.
 
     Subclasses build their graph and call `_build_backbone(...)` instead of
-    `keras.Model.__init__`. Attributes set here: `feature_names` ("feat0".."featK"),
-    `preact_names`, `stage_channels` (channels of each feat), `num_stages` (K + 1),
-    `embedding_dim`, `num_classes`; `classifier` is the final Dense layer.
+    `keras.Model.__init__`; their first layer takes `self._normalized_inputs(inputs, kwargs)`.
+    Attributes set here: `feature_names` ("feat0".."featK"), `preact_names`, `stage_channels`
+    (channels of each feat), `num_stages` (K + 1), `embedding_dim`, `num_classes`,
+    `input_normalization`; `classifier` is the final Dense layer.
+
+    Every backbone takes the keyword argument `input_normalization` (default None): for weights
+    trained elsewhere on inputs normalised another way, {"network": ..., "feed": ...} (see
+    `canonical_input_normalization`) puts an `InputRenormalization` layer named
+    "input_normalization" first, so that images normalised the "feed" way give the network
+    exactly the inputs it was trained on. It is part of the config; models saved without it
+    load unchanged.
     """
 
     @staticmethod
@@ -256,16 +372,34 @@ class Backbone(keras.Model):
         num_classes, input_shape = _check_args(num_classes, input_shape)
         return num_classes, input_shape, keras.Input(shape=input_shape, name="images")
 
-    def _build_backbone(self, inputs, feats, preacts, embedding, logits, config, name, **kwargs):
+    @staticmethod
+    def _normalized_inputs(inputs, kwargs):
+        """`inputs`, through an `InputRenormalization` when kwargs hold an input_normalization."""
+        spec = canonical_input_normalization(kwargs.get("input_normalization"))
+        if spec is None:
+            return inputs
+        feed, network = spec["feed"], spec["network"]
+        return InputRenormalization(feed["mean"], feed["std"], network["mean"], network["std"],
+                                    name="input_normalization")(inputs)
+
+    def _build_backbone(self, inputs, feats, preacts, embedding, logits, config, name,
+                        extra_outputs=None, **kwargs):
         if len(feats) != len(preacts):
             raise ValueError("feats and preacts must have the same length")
+        normalization = canonical_input_normalization(kwargs.pop("input_normalization", None))
         outputs = {"logits": logits, "embedding": embedding}
         for i, (feat, preact) in enumerate(zip(feats, preacts)):
             outputs[f"feat{i}"] = feat
             # One tensor cannot be two outputs: stages without a final activation get a copy.
             outputs[f"preact{i}"] = layers.Identity(name=f"preact{i}")(preact) \
                 if preact is feat else preact
+        outputs.update(extra_outputs or {})  # family-specific maps, e.g. WRN's "stage<k>"
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        if normalization is not None:
+            if not any(layer.name == "input_normalization" for layer in self.layers):
+                raise ValueError(f"{type(self).__name__} does not apply input_normalization: its first "
+                                 "layer must take self._normalized_inputs(inputs, kwargs)")
+            config = dict(config, input_normalization=normalization)
         self._backbone_config = dict(config, name=name)
         self.num_classes = int(logits.shape[-1])
         self.embedding_dim = int(embedding.shape[-1])
@@ -273,6 +407,11 @@ class Backbone(keras.Model):
         self.stage_channels = tuple(int(f.shape[-1]) for f in feats)
         self.feature_names = tuple(f"feat{i}" for i in range(len(feats)))
         self.preact_names = tuple(f"preact{i}" for i in range(len(feats)))
+
+    @property
+    def input_normalization(self):
+        """{"network": ..., "feed": ...} of an `InputRenormalization` first layer, or None."""
+        return self._backbone_config.get("input_normalization")
 
     @property
     def classifier(self):

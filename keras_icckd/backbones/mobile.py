@@ -52,7 +52,8 @@ class MobileNetV2(Backbone):
             raise ValueError(f"width_multiplier must be >= 1/16; got {width_multiplier!r}")
         num_classes, input_shape, inputs = self._inputs(num_classes, input_shape)
 
-        pre = conv_bn(inputs, int(32 * width_multiplier), 3, 2, name="stem", activation=False)
+        pre = conv_bn(self._normalized_inputs(inputs, kwargs), int(32 * width_multiplier), 3, 2,
+                      name="stem", activation=False)
         x = relu(pre, "stem_relu")
         feats, preacts = [x], [pre]
         for group, (expand, channels, blocks, first_stride) in enumerate(_MOBILENETV2_GROUPS):
@@ -122,7 +123,8 @@ class ShuffleNetV2(Backbone):
         num_classes, input_shape, inputs = self._inputs(num_classes, input_shape)
         conv_args = dict(init="torch")
 
-        pre = conv_bn(inputs, 24, 1, name="stem", activation=False, **conv_args)
+        pre = conv_bn(self._normalized_inputs(inputs, kwargs), 24, 1, name="stem", activation=False,
+                      **conv_args)
         x = relu(pre, "stem_relu")
         feats, preacts = [x], [pre]
         for stage, (out, count) in enumerate(zip(channels[:3], blocks), start=1):

@@ -51,7 +51,7 @@ class VGG(Backbone):
             raise ValueError("config must be 5 non-empty sequences of positive channel counts")
         num_classes, input_shape, inputs = self._inputs(num_classes, input_shape)
 
-        x, feats, preacts = inputs, [], []
+        x, feats, preacts = self._normalized_inputs(inputs, kwargs), [], []
         for j, block in enumerate(config):
             if j in (1, 2, 3) or (j == 4 and (input_shape[0] or 0) >= 64):
                 x = layers.MaxPooling2D(2, name=f"pool{j - 1}")(x)

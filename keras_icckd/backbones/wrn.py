@@ -21,7 +21,9 @@ class WideResNet(Backbone):
     Features: "feat0" = "preact0" is the stem conv output (the stem has no activation). For
     k = 1, 2, "preact{k}" is stage k's output through the first BN of stage k + 1 (for k = 3, the
     final BN), as in mdistiller's `preact_feats`, and "feat{k}" is its ReLU, i.e. the activation
-    the network itself computes next (mdistiller's `feats` for WRN are the raw stage sums).
+    the network itself computes next. "stage{k}" (k = 1, 2, 3, WRN only) is the raw stage output,
+    the residual sum the stage passes on before any BN: the map that RepDistiller's and
+    mdistiller's `feats` hold for WRN, which their AT and FitNet use (see `objectives.AT`).
 
     Args:
         depth: 6n + 4 (16, 22, 28, 40, ...).
@@ -48,8 +50,8 @@ class WideResNet(Backbone):
         num_classes, input_shape, inputs = self._inputs(num_classes, input_shape)
         blocks = (depth - 4) // 6
 
-        x = conv(inputs, 16, 3, name="stem_conv")
-        feats, preacts = [x], [x]
+        x = conv(self._normalized_inputs(inputs, kwargs), 16, 3, name="stem_conv")
+        feats, preacts, stage_sums = [x], [x], {}
         for stage, planes in enumerate((16 * widen_factor, 32 * widen_factor,
                                         64 * widen_factor), start=1):
             for block in range(blocks):
@@ -69,6 +71,7 @@ class WideResNet(Backbone):
                     h = layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(h)
                 h = conv(h, planes, 3, name=f"{prefix}_2_conv")
                 x = layers.Add(name=f"{prefix}_add")([shortcut, h])
+            stage_sums[f"stage{stage}"] = x
         pre = batch_norm(x, "final_bn")
         x = relu(pre, "final_relu")
         preacts.append(pre)
@@ -76,6 +79,6 @@ class WideResNet(Backbone):
         embedding, logits = classifier_head(x, num_classes, "torch_zero_bias")
 
         self._build_backbone(
-            inputs, feats, preacts, embedding, logits, name=name,
+            inputs, feats, preacts, embedding, logits, name=name, extra_outputs=stage_sums,
             config=dict(depth=depth, widen_factor=widen_factor, dropout_rate=float(dropout_rate),
                         num_classes=num_classes, input_shape=input_shape), **kwargs)

@@ -26,6 +26,7 @@ from keras_icckd.data.sources import (
     make_synthetic,
     normalization_for,
 )
+from keras_icckd.data.streaming import ImageStream, open_image_stream, open_tfds_stream
 
 PIPELINES = ("auto", "tf_data", "numpy")
 _TF_NAMES = ("make_train_dataset", "make_eval_dataset")

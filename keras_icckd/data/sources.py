@@ -1,8 +1,8 @@
 """Data sources: every loader returns a `Splits` of in-memory uint8 images and int32 labels.
 
 Sources: the canonical CIFAR python tarballs, image folders (a directory or a tar archive laid
-out `<root>/<split>/<class>/<image>`), prepared TFDS datasets and synthetic data. `load` picks one
-by name.
+out `<root>/<split>/<class>/<image>`), Tiny-ImageNet (such a folder), prepared TFDS datasets and
+synthetic data. `load` picks one by name.
 """
 
 import dataclasses
@@ -21,7 +21,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BUNDLED_CIFAR10 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "cifar10-mini.tar.gz")
-SOURCES = ("cifar10", "cifar100", "folder", "tfds", "synthetic")
+SOURCES = ("cifar10", "cifar100", "folder", "tfds", "synthetic", "tinyimagenet")
 SPLITS = ("train", "test")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -29,6 +29,23 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Population statistics of every pixel of the 100,000 Tiny-ImageNet training images (greyscale ones
+# as RGB), from `python experiments/normalization_constants.py --dataset=tinyimagenet`.
+TINYIMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
+TINYIMAGENET_STD = (0.2764, 0.2689, 0.2816)
+TINYIMAGENET_ARCHIVE = "tinyimagenet200-jpeg.tar.gz"
+# The checkout's sibling folder shared/datasets, where the archive (or its extracted folder) lives.
+_SHARED_DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "datasets")
+
+# Per-channel (mean, std) of RGB images scaled to [0, 1], by name.
+NORMALIZATIONS = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "tinyimagenet": (TINYIMAGENET_MEAN, TINYIMAGENET_STD),
+}
 
 # variant -> (canonical file name, md5, train members, test members, meta member, label key, names key)
 _CIFAR = {
@@ -102,6 +119,38 @@ class Splits:
             if split in keep and isinstance(value, np.ndarray):
                 changes[field.name] = value[keep[split]]
         return dataclasses.replace(self, **changes)
+
+    def resized(self, image_size):
+        """A copy with every image resized to `image_size` x `image_size` (once, in memory).
+
+        The filter is PIL's bilinear one, which widens with the scale factor when shrinking
+        (antialiased, as torchvision's `Resize` on PIL images); uint8 results. Images already of
+        that size are kept as they are.
+
+        Args:
+            image_size: the new height and width, a positive integer.
+
+        Example:
+            >>> make_synthetic(num_classes=2, train_per_class=1, test_per_class=1).resized(16).test_images.shape
+            (2, 16, 16, 3)
+        """
+        if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
+            raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+        size = int(image_size)
+        return dataclasses.replace(self, **{f"{split}_images": resize_images(getattr(self, f"{split}_images"), size)
+                                            for split in SPLITS})
+
+
+def resize_images(images, size):
+    """uint8 images (N, H, W, C) -> (N, size, size, C), PIL's antialiased bilinear filter (see `Splits.resized`)."""
+    from PIL import Image
+
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, images.shape[-1]), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    return out
 
 
 def _balanced_indices(labels, limit, num_classes, rng, split):
@@ -389,6 +438,38 @@ def load_image_folder(path, cache_dir=None):
     return Splits(class_names=class_names, name=name, **arrays)
 
 
+# ----------------------------------------------------------------------------- Tiny-ImageNet
+
+
+def default_tinyimagenet_path():
+    """shared/datasets/tinyimagenet200-jpeg.tar.gz beside the checkout (its extracted folder if only that exists)."""
+    archive = os.path.normpath(os.path.join(_SHARED_DATASETS, TINYIMAGENET_ARCHIVE))
+    folder = archive[: -len(".tar.gz")]
+    return folder if os.path.isdir(folder) and not os.path.exists(archive) else archive
+
+
+def load_tinyimagenet(path=None, cache_dir=None):
+    """Loads Tiny-ImageNet (Le & Yang 2015: 200 ImageNet classes, 64 x 64) from its JPEG folder or archive.
+
+    Layout `[<root>/]train/<wnid>/*.jpg` (500 per class) and `test/<wnid>/*.jpg` (the official
+    validation set, 50 per class, labelled); greyscale images become RGB; class ids follow the
+    sorted wnid folders, as torchvision's ImageFolder. Decoded arrays are cached like
+    `load_image_folder` (1.2 GB in memory for the training set).
+
+    Args:
+        path: the archive or folder; default `default_tinyimagenet_path()`.
+        cache_dir: where decoded arrays are cached; default `default_cache_dir()`.
+
+    Returns:
+        A `Splits` named "tinyimagenet" (normalised with `TINYIMAGENET_MEAN` / `TINYIMAGENET_STD`).
+    """
+    path = os.fspath(path) if path is not None else default_tinyimagenet_path()
+    if not os.path.exists(path):
+        raise DataError(f"Tiny-ImageNet not found at {path}: pass data_dir=<{TINYIMAGENET_ARCHIVE} or its "
+                        "extracted folder>")
+    return dataclasses.replace(load_image_folder(path, cache_dir), name="tinyimagenet")
+
+
 # ----------------------------------------------------------------------------- TFDS
 
 
@@ -407,6 +488,34 @@ def _tfds_unprepared(name, data_dir, detail):
                      f"Prepare it first: tfds build {base} --data_dir={data_dir}{manual}")
 
 
+def _prepared_tfds_builder(name, data_dir, splits, keys):
+    """The tfds builder of a dataset prepared in `data_dir` with these splits and features; DataError otherwise."""
+    base, _, version = name.partition(":")
+    parts = base.split("/")
+    layouts = [parts] if len(parts) > 1 else [parts, parts + ["*"]]  # name[/config]/version
+    prepared = [found for layout in layouts
+                for found in glob.glob(os.path.join(data_dir, *layout, version or "*", "dataset_info.json"))]
+    if not prepared:
+        raise _tfds_unprepared(name, data_dir, f"no dataset_info.json under {os.path.join(data_dir, base)}")
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises its own types for unknown names and configs
+        raise _tfds_unprepared(name, data_dir, str(e).splitlines()[0]) from e
+    if not builder.is_prepared():
+        versions = sorted({os.path.basename(os.path.dirname(p)) for p in prepared})
+        raise _tfds_unprepared(name, data_dir, f"version {builder.version} wanted, found {versions}")
+    info = builder.info
+    for split in splits:
+        if split not in info.splits:
+            raise DataError(f"TFDS dataset '{name}' in {data_dir} has no split {split!r}; it has {sorted(info.splits)}")
+    for key in keys:
+        if key not in info.features:
+            raise DataError(f"TFDS dataset '{name}' has no feature {key!r}; it has {sorted(info.features)}")
+    return builder
+
+
 def load_tfds(name, data_dir, train_split="train", test_split="test", image_key="image", label_key="label"):
     """Loads a TFDS dataset that is already prepared in `data_dir`; never downloads.
 
@@ -423,30 +532,11 @@ def load_tfds(name, data_dir, train_split="train", test_split="test", image_key=
         label_key: feature holding the integer label.
     """
     data_dir = os.fspath(data_dir or default_tfds_dir())
-    base, _, version = name.partition(":")
-    parts = base.split("/")
-    layouts = [parts] if len(parts) > 1 else [parts, parts + ["*"]]  # name[/config]/version
-    prepared = [found for layout in layouts
-                for found in glob.glob(os.path.join(data_dir, *layout, version or "*", "dataset_info.json"))]
-    if not prepared:
-        raise _tfds_unprepared(name, data_dir, f"no dataset_info.json under {os.path.join(data_dir, base)}")
+    builder = _prepared_tfds_builder(name, data_dir, (train_split, test_split), (image_key, label_key))
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # tfds raises its own types for unknown names and configs
-        raise _tfds_unprepared(name, data_dir, str(e).splitlines()[0]) from e
-    if not builder.is_prepared():
-        versions = sorted({os.path.basename(os.path.dirname(p)) for p in prepared})
-        raise _tfds_unprepared(name, data_dir, f"version {builder.version} wanted, found {versions}")
     info = builder.info
-    for split in (train_split, test_split):
-        if split not in info.splits:
-            raise DataError(f"TFDS dataset '{name}' in {data_dir} has no split {split!r}; it has {sorted(info.splits)}")
-    for key in (image_key, label_key):
-        if key not in info.features:
-            raise DataError(f"TFDS dataset '{name}' has no feature {key!r}; it has {sorted(info.features)}")
 
     def read(split):
         ds = builder.as_dataset(split=split, shuffle_files=False).map(lambda ex: (ex[image_key], ex[label_key]))
@@ -531,6 +621,8 @@ def default_data_dir(name):
         name: one of `SOURCES`.
     """
     _check_source(name)
+    if name == "tinyimagenet":
+        return default_tinyimagenet_path()
     return {"folder": BUNDLED_CIFAR10, "tfds": default_tfds_dir()}.get(name)
 
 
@@ -544,7 +636,8 @@ def load(name, data_dir=None, **kwargs):
 
     Args:
         name: "cifar10" / "cifar100" (data_dir: the python tarball or its directory), "folder"
-            (data_dir: image folder or archive, default the bundled CIFAR-10 subset), "tfds"
+            (data_dir: image folder or archive, default the bundled CIFAR-10 subset), "tinyimagenet"
+            (data_dir: its archive or folder, default `default_tinyimagenet_path()`), "tfds"
             (kwargs: tfds_name, plus `load_tfds` options) or "synthetic" (kwargs: `make_synthetic`).
         data_dir: where the data is; default `default_data_dir(name)`.
         **kwargs: passed on to the source's loader.
@@ -567,17 +660,83 @@ def load(name, data_dir=None, **kwargs):
         raise DataError(f"The {name} source needs data_dir=<path of {_CIFAR[name][0]} or its directory>")
     if name == "folder":
         return load_image_folder(data_dir, **kwargs)
+    if name == "tinyimagenet":
+        return load_tinyimagenet(data_dir, **kwargs)
     return load_cifar_python(data_dir, variant=name, **kwargs)
+
+
+def feed_normalization_name(dataset, num_classes):
+    """Name (a key of `NORMALIZATIONS`) of the constants this project normalises a dataset with.
+
+    The one rule behind `normalization_for`: Tiny-ImageNet's own constants for Splits named
+    "tinyimagenet", the CIFAR-100 constants for other 100-class datasets, the CIFAR-10 constants
+    otherwise, whatever the source (a subset, a JPEG copy and the canonical data are normalised alike).
+
+    Args:
+        dataset: the dataset's name (`Splits.name`), or None when only the class count is known.
+        num_classes: its number of classes.
+
+    Example:
+        >>> feed_normalization_name("cifar10-jpeg", 10), feed_normalization_name(None, 100)
+        ('cifar10', 'cifar100')
+    """
+    if dataset == "tinyimagenet":
+        return "tinyimagenet"
+    return "cifar100" if num_classes == 100 else "cifar10"
 
 
 def normalization_for(splits):
     """Per-channel (mean, std) used to normalise a dataset's images scaled to [0, 1].
 
-    Fixed published constants rather than statistics of the data at hand, so that a subset, a
-    JPEG copy and the canonical data are normalised alike: the CIFAR-100 constants for 100-class
-    datasets, the CIFAR-10 constants otherwise.
+    Fixed published constants rather than statistics of the data at hand (see
+    `feed_normalization_name` for which).
 
     Args:
         splits: a `Splits`.
     """
-    return (CIFAR100_MEAN, CIFAR100_STD) if splits.num_classes == 100 else (CIFAR10_MEAN, CIFAR10_STD)
+    return NORMALIZATIONS[feed_normalization_name(splits.name, splits.num_classes)]
+
+
+def parse_normalization(spec, argument="normalization"):
+    """A normalisation given by name or by numbers, as {"name", "mean", "std"}.
+
+    Args:
+        spec: a key of `NORMALIZATIONS` ("imagenet", "cifar10", "cifar100"), six numbers R,G,B
+            mean then R,G,B std (a sequence or a comma-separated string), a (mean, std) pair, or
+            a dict with "mean" and "std" (and optionally "name").
+        argument: the argument's name in error messages.
+
+    Returns:
+        {"name": the name or None, "mean": [3 floats], "std": [3 floats > 0]}.
+
+    Example:
+        >>> parse_normalization("0.5,0.5,0.5,0.25,0.25,0.25")["std"]
+        [0.25, 0.25, 0.25]
+        >>> parse_normalization("imagenet")["mean"]
+        [0.485, 0.456, 0.406]
+    """
+    allowed = (f"one of {', '.join(NORMALIZATIONS)} or six numbers R,G,B,R,G,B (mean then std, "
+               "std > 0)")
+    name = None
+    if isinstance(spec, str) and spec.strip().lower() in NORMALIZATIONS:
+        name = spec.strip().lower()
+        mean, std = NORMALIZATIONS[name]
+        values = list(mean) + list(std)
+    else:
+        try:
+            if isinstance(spec, dict):
+                name = spec.get("name")
+                values = list(spec["mean"]) + list(spec["std"])
+            elif isinstance(spec, str):
+                values = [float(v) for v in spec.split(",")]
+            elif len(spec) == 2:
+                values = list(spec[0]) + list(spec[1])
+            else:
+                values = list(spec)
+            values = [float(v) for v in values]
+        except (TypeError, ValueError, KeyError):
+            values = None
+        if values is None or len(values) != 6 or not np.all(np.isfinite(values)) \
+                or min(values[3:]) <= 0 or not (name is None or isinstance(name, str)):
+            raise ValueError(f"{argument}={spec!r} is not allowed: expected {allowed}")
+    return {"name": name, "mean": values[:3], "std": values[3:]}

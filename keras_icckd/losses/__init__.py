@@ -10,6 +10,7 @@ from keras_icckd.losses.feature import attention_map
 from keras_icckd.losses.feature import attention_transfer
 from keras_icckd.losses.feature import hint_mse
 from keras_icckd.losses.kd import kd
+from keras_icckd.losses.kd import kd_per_sample
 from keras_icckd.losses.rkd import rkd
 from keras_icckd.losses.rkd import rkd_angle
 from keras_icckd.losses.rkd import rkd_distance
@@ -20,6 +21,7 @@ from keras_icckd.losses.nce import crd
 from keras_icckd.losses.nce import momentum_update
 from keras_icckd.losses.nce import nce_loss
 from keras_icckd.losses.pckd import category_alignment
+from keras_icckd.losses.pckd import category_contrast
 from keras_icckd.losses.pckd import feature_alignment
 from keras_icckd.losses.pckd import per_sample_cross_entropy
 from keras_icckd.losses.pckd import preview_weights

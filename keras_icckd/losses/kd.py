@@ -17,6 +17,24 @@ def _kl(log_p_t, log_p_s):
     return ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
 
 
+def kd_per_sample(student_logits, teacher_logits, temperature=4.0):
+    """Per-sample KD terms T^2 * KL(p^t_i || p^s_i), a (B,) float32 tensor (see `kd`).
+
+    For weightings that `kd`'s constant `weights` cannot express, e.g. PCKD's preview weights
+    left attached to the graph as in the authors' release.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[1.0, 2.0], [0.0, 0.0]], "float32")
+    >>> [round(float(v), 6) for v in kd_per_sample(z, z)]
+    [0.0, 0.0]
+    """
+    student, teacher = _tempered(student_logits, teacher_logits, temperature)
+    per_sample = _kl(ops.log_softmax(teacher, axis=-1), ops.log_softmax(student, axis=-1))
+    return per_sample * (temperature ** 2)
+
+
 def kd(student_logits, teacher_logits, temperature=4.0, weights=None):
     """Hinton's KD loss, as in mdistiller's `kd_loss` (batch-mean KL).
 
@@ -34,14 +52,13 @@ def kd(student_logits, teacher_logits, temperature=4.0, weights=None):
         student_logits: (B, C) student logits.
         teacher_logits: (B, C) teacher logits.
         temperature: T > 0. Default 4.
-        weights: optional (B,) per-sample weights (e.g. PCKD's preview weights), taken as
-            constants: L = T^2 * (1 / B) * sum_i w_i KL_i. Default None (all 1).
+        weights: optional (B,) per-sample weights, taken as constants:
+            L = T^2 * (1 / B) * sum_i w_i KL_i. Default None (all 1).
 
     Returns:
         Scalar float32 loss.
     """
-    student, teacher = _tempered(student_logits, teacher_logits, temperature)
-    per_sample = _kl(ops.log_softmax(teacher, axis=-1), ops.log_softmax(student, axis=-1))
+    per_sample = kd_per_sample(student_logits, teacher_logits, temperature)
     if weights is not None:
         per_sample = per_sample * ops.stop_gradient(ops.cast(weights, "float32"))
-    return ops.mean(per_sample) * (temperature ** 2)
+    return ops.mean(per_sample)

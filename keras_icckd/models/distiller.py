@@ -96,7 +96,7 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         for objective, weight in objectives:
             if isinstance(objective, str):
                 objective = objective_zoo.get(objective, name=objective)
-            objective.setup(s_shapes, t_shapes, context)
+            objective.prepare(s_shapes, t_shapes, context)
             self.objective_layers.append(objective)
             self.objective_weights.append(float(weight))
         names = [o.name for o in self.objective_layers]

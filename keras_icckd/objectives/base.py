@@ -47,21 +47,33 @@ def _parse_options(part, text):
     return options
 
 
+def _split_top_level(spec):
+    """Splits at the commas outside parentheses: "at(stages=(1,2)):1,kd" -> ["at(stages=(1,2)):1", "kd"]."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(spec):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth <= 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    return parts + [spec[start:]]
+
+
 def parse(spec):
     """Parses an objectives string: "kd:0.9,rkd:1" -> [("kd", 0.9), ("rkd", 1.0)].
 
     A name alone has weight 1. Constructor options go in parentheses, separated by ';':
     "dkd(beta=2;warmup_epochs=20):1" -> [(DKD(beta=2, warmup_epochs=20), 1.0)], i.e. the first
-    element is then a built `Objective` instead of a name.
+    element is then a built `Objective` instead of a name; values are Python literals, tuples
+    included: "at(stages=(1,2);maps='feat'):1000".
     Raises ValueError naming the bad item: unknown name or option, unparsable or negative
     weight, repeats.
     """
     items, seen = [], []
-    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+    for part in [p.strip() for p in _split_top_level(str(spec)) if p.strip()]:
         head, options = part, None
         if "(" in part:
             head_name, _, rest = part.partition("(")
-            inside, close, tail = rest.partition(")")
+            inside, close, tail = rest.rpartition(")")
             if not close:
                 raise ValueError(f"objective {part!r}: '(' without ')'")
             head, options = head_name + tail, _parse_options(part, inside)
@@ -129,6 +141,28 @@ class Objective(keras.layers.Layer):
         """
         self.built = True
 
+    def prepare(self, student_shapes, teacher_shapes, context=None):
+        """`setup`, refusing clearly when it needs a backbone output that a network lacks.
+
+        The `Distiller` calls this. When `setup` fails after looking up an output name that one of
+        the two networks does not have (a model wrapped without that feature tap, for example),
+        the error names the missing output, the network and what it has instead.
+        """
+        student, teacher = OutputShapes(student_shapes), OutputShapes(teacher_shapes)
+        try:
+            self.setup(student, teacher, context)
+        except (ValueError, KeyError, TypeError) as e:
+            missing = [(side, key) for side, shapes in (("student", student), ("teacher", teacher))
+                       for key in shapes.missing]
+            if not missing:
+                raise
+            side, key = missing[0]
+            available = sorted(student_shapes if side == "student" else teacher_shapes)
+            raise ValueError(
+                f"{type(self).__name__} ({self.name!r}) needs the output {key!r} of the {side}, which has no output "
+                f"by that name (it has: {', '.join(available)}). A backbone made with keras_icckd.backbones.wrap "
+                f"gets it with features={{{key!r}: '<layer name>'}}") from e
+
     def data_options(self):
         """Keyword arguments of `data.make_train_dataset` that supply `requires`; call after `setup`.
 
@@ -143,6 +177,30 @@ class Objective(keras.layers.Layer):
         return self.compute(student, teacher, labels, inputs or {})
 
 
+class OutputShapes(dict):
+    """{output name: shape} of a backbone that remembers the names looked up and not found."""
+
+    def __init__(self, shapes):
+        super().__init__(shapes)
+        self.missing = []
+
+    def _note(self, key):
+        if not dict.__contains__(self, key) and key not in self.missing:
+            self.missing.append(key)
+
+    def __getitem__(self, key):
+        self._note(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self._note(key)
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        self._note(key)
+        return super().get(key, default)
+
+
 def feature_size(shapes, feature, side, method):
     """The flattened per-sample size of `shapes[feature]`; a clear error when it is missing."""
     shape = shapes.get(feature)
@@ -152,6 +210,32 @@ def feature_size(shapes, feature, side, method):
     if any(d is None for d in shape[1:]):
         raise ValueError(f"{method} feature {feature!r} of the {side} has an unknown size: {shape}")
     return math.prod(shape[1:])
+
+
+STAGE_MAPS = ("reference", "feat", "preact")
+
+
+def stage_map_name(shapes, k, maps, method):
+    """The backbone output that holds stage k's map for `maps`; a clear error when there is none.
+
+    "reference": the map the references' feature list (RepDistiller/mdistiller `feats`) holds,
+    i.e. "stage<k>" where the backbone exposes it (WideResNet: the raw stage sums) and "feat<k>"
+    everywhere else (the backbones whose stage output is the activated map); "feat": always
+    the post-activation "feat<k>"; "preact": "preact<k>".
+    """
+    if maps not in STAGE_MAPS:
+        raise ValueError(f"{method} maps={maps!r}: expected one of {STAGE_MAPS}")
+    if maps == "reference" and f"stage{k}" in shapes.keys():  # a probe, not a lookup that `prepare` reports
+        return f"stage{k}"
+    return f"{'preact' if maps == 'preact' else 'feat'}{k}"
+
+
+def num_stage_maps(shapes):
+    """The number K + 1 of "feat0".."featK" outputs in a shapes dict."""
+    k = 0
+    while f"feat{k}" in shapes.keys():
+        k += 1
+    return k
 
 
 class EmbeddingHeads:

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The converged-scale CIFAR-10 study (experiments/results/converged_cifar10.md): does KD from an
+# intra-class contrastive (ICC) teacher beat KD from a CE teacher when the teachers are converged?
+#
+#   bash experiments/converged_cifar10.sh [STAGE ...]    # stages: teachers students scratch report (default: all)
+#
+# teachers: imports the published akamaster resnet20 (../shared/teachers), fine-tunes it on the full
+#   CIFAR-10 JPEG copy with CE and with CE + lambda * L_intra (experiments/flags/converged/ft_teacher.flags)
+#   for lambda in $LAMBDAS, and evaluates each teacher (--mode=evaluate, soft labels at T = 4).
+# students: the resnet8 student flagfiles of experiments/flags/converged/ over seeds $SEEDS through
+#   experiments/sweep.py (alone, KD from each teacher, DKD, CRD, and KD + RKD from the ICC teacher
+#   named by $RKD_LAMBDA once that flagfile exists).
+# scratch: resnet20 CE and ICC teachers from random initialisation (scratch_teacher.flags), then KD from each.
+# report: tables and the figure (experiments/converged_report.py).
+# Finished runs are reused and interrupted ones resume: the same command continues after a kill.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/experiments/ensure_env.sh"
+cd "$root"
+export KERAS_BACKEND="${KERAS_BACKEND:-tensorflow}" TF_CPP_MIN_LOG_LEVEL=2
+out="${OUT:-runs/converged_cifar10}"
+data=../shared/datasets/cifar10-jpeg.tar.gz
+flags=experiments/flags/converged
+lambdas="${LAMBDAS:-0 0.01 0.05 0.1}"
+seeds="${SEEDS:-0,1,2}"
+stages="${*:-teachers students scratch report}"
+py=.venv/bin/python
+
+once() {  # once DIR ARGS...: runs run.py into DIR unless DIR/metrics.json exists
+  local dir=$1; shift
+  [[ -f "$dir/metrics.json" ]] || $py experiments/run.py "$@" --output_dir="$dir"
+}
+
+sweep() {  # sweep FLAGFILE...: seed by seed (every setting of seed 0 first), then one table over $seeds
+  local list seed; list=$(IFS=,; echo "$*")
+  for seed in ${seeds//,/ }; do  # a failed run is reported in the table; the others go on
+    $py experiments/sweep.py --flagfiles="$list" --seeds="$seed" --output_root="$out/students" || true
+  done
+  $py experiments/sweep.py --flagfiles="$list" --seeds="$seeds" --output_root="$out/students" || true
+}
+
+if [[ " $stages " == *" teachers "* ]]; then
+  once "$out/imported_resnet20" --mode=import --torch_checkpoint=../shared/teachers/resnet20-12fca82f.th \
+    --torch_normalization=imagenet --dataset=folder --data_dir="$data"
+  for lambda in $lambdas; do
+    once "$out/ft_teacher_lambda$lambda" --flagfile="$flags/ft_teacher.flags" --icc_lambda="$lambda"
+  done
+  for lambda in $lambdas; do
+    once "$out/ft_teacher_lambda$lambda/evaluate" --mode=evaluate --model="$out/ft_teacher_lambda$lambda/model.keras" \
+      --dataset=folder --data_dir="$data"
+  done
+fi
+if [[ " $stages " == *" students "* ]]; then
+  main=("$flags/kd_ce.flags")
+  for lambda in $lambdas; do [[ $lambda == 0 ]] || main+=("$flags/kd_icc$lambda.flags"); done
+  sweep "${main[@]}" "$flags/alone.flags" "$flags/dkd.flags" "$flags/crd.flags"
+  if [[ -f "$flags/rkd_icc.flags" ]]; then sweep "$flags/rkd_icc.flags"; fi
+fi
+if [[ " $stages " == *" scratch "* ]]; then
+  for lambda in 0 0.05; do
+    once "$out/scratch_teacher_lambda$lambda" --flagfile="$flags/scratch_teacher.flags" --icc_lambda="$lambda"
+    once "$out/scratch_teacher_lambda$lambda/evaluate" --mode=evaluate \
+      --model="$out/scratch_teacher_lambda$lambda/model.keras" --dataset=folder --data_dir="$data"
+  done
+  sweep "$flags/kd_scratch_ce.flags" "$flags/kd_scratch_icc.flags"
+fi
+if [[ " $stages " == *" report "* ]]; then
+  $py experiments/converged_report.py --runs="$out"
+fi

@@ -1,0 +1,257 @@
+"""Tables and the figure of the converged-scale CIFAR-10 study (experiments/converged_cifar10.sh).
+
+    python experiments/converged_report.py --runs=runs/converged_cifar10
+
+Reads the study's run folders (their metrics.json), copies what a later reader needs into
+--results_dir (every finished run's metrics.json; the teachers' model.keras and evaluation), and
+from that copy writes:
+- the tables between the `<!-- tables:begin -->` / `<!-- tables:end -->` markers of --markdown
+  (teachers: top-1, intra/inter-class ratio, soft-label statistics at T = 4; students: mean +-
+  sample std over seeds of the last and the best epoch, every seed; the from-scratch control);
+- --figure: lambda on the x axis: teacher top-1, intra/inter ratio, soft-label entropy, and the
+  KD student's top-1 with error bars (one sample std over seeds), the CE-teacher arms as references;
+- --summary: the same numbers as JSON.
+Run it with --runs pointing at the committed copy (the default) to rebuild the tables from it.
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+FLAGS = flags.FLAGS
+RESULTS = os.path.join("experiments", "results", "converged_cifar10")
+flags.DEFINE_string("runs", RESULTS, "The study's run folder (OUT of experiments/converged_cifar10.sh).")
+flags.DEFINE_string("results_dir", RESULTS, "Where the finished runs' files are copied (committed).")
+flags.DEFINE_string("markdown", os.path.join("experiments", "results", "converged_cifar10.md"),
+                    "Results file whose tables section is rewritten.")
+flags.DEFINE_string("figure", os.path.join("experiments", "results", "converged_cifar10.png"), "The figure.")
+flags.DEFINE_string("summary", os.path.join(RESULTS, "summary.json"), "The numbers as JSON.")
+
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+TEACHER = re.compile(r"^(ft|scratch)_teacher_lambda([0-9.]+)$")
+STUDENT = re.compile(r"^(.+)_seed(\d+)$")
+# student setting -> (label, teacher folder); the order of the tables
+SETTINGS = {
+    "alone": ("resnet8 alone (CE)", None),
+    "kd_ce": ("KD from the CE teacher", "ft_teacher_lambda0"),
+    "kd_icc0.01": ("KD from ICC lambda 0.01 (Ours)", "ft_teacher_lambda0.01"),
+    "kd_icc0.05": ("KD from ICC lambda 0.05 (Ours)", "ft_teacher_lambda0.05"),
+    "kd_icc0.1": ("KD from ICC lambda 0.1 (Ours)", "ft_teacher_lambda0.1"),
+    "rkd_icc": ("KD + RKD from the best ICC teacher (Ours+RKD)", None),
+    "dkd": ("DKD from the CE teacher", "ft_teacher_lambda0"),
+    "crd": ("CRD from the CE teacher", "ft_teacher_lambda0"),
+    "kd_scratch_ce": ("KD from the from-scratch CE teacher", "scratch_teacher_lambda0"),
+    "kd_scratch_icc": ("KD from the from-scratch ICC teacher (lambda 0.05)", "scratch_teacher_lambda0.05"),
+}
+
+
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def collect(runs, results):
+    """Copies finished runs from `runs` into `results` (nothing when they are the same folder)."""
+    if os.path.abspath(runs) == os.path.abspath(results):
+        return
+    copies = []
+    for teacher in glob.glob(os.path.join(runs, "*teacher_lambda*")) + glob.glob(os.path.join(runs, "imported_*")):
+        name = os.path.basename(teacher)
+        for rel in ("metrics.json", "model.keras", "evaluate/metrics.json", "evaluate/evaluation.png",
+                    "curves.png"):
+            copies.append((os.path.join(teacher, rel), os.path.join(results, name, rel)))
+    for student in glob.glob(os.path.join(runs, "students", "*_seed*")):
+        name = os.path.basename(student)
+        copies.append((os.path.join(student, "metrics.json"), os.path.join(results, "students", name, "metrics.json")))
+    for source, target in copies:
+        if os.path.isfile(source) and (not os.path.isfile(target)
+                                       or os.path.getmtime(source) > os.path.getmtime(target)):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(source, target + ".tmp")
+            os.replace(target + ".tmp", target)
+
+
+def mean_std(values):
+    values = np.asarray(values, float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+def fmt(value, spec=".2f"):
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
+
+
+def teachers(results):
+    """{folder name: row} of every teacher run with its evaluation when there is one."""
+    rows = {}
+    for path in sorted(glob.glob(os.path.join(results, "*teacher_lambda*", "metrics.json"))):
+        name = os.path.basename(os.path.dirname(path))
+        kind, lam = TEACHER.match(name).groups()
+        m = read(path)
+        last = m["history"][-1]
+        row = {"kind": kind, "lambda": float(lam), "epochs": len(m["history"]), "test_top1": m["test_top1"],
+               "best_test_top1": m["best_test_top1"], "intra_inter_ratio": last.get("intra_inter_ratio"),
+               "margin_pass": last.get("margin_pass"), "wall_seconds": m["wall_seconds"]}
+        evaluation = os.path.join(os.path.dirname(path), "evaluate", "metrics.json")
+        if os.path.isfile(evaluation):
+            e = read(evaluation)
+            soft = e["soft_labels"]
+            row.update(eval_top1=e["test_top1"], ece=e["ece"],
+                       eval_ratio=e.get("class_distances", {}).get("intra_inter_ratio"),
+                       entropy=soft["mean_entropy"], off_mass=soft["mean_off_class_mass"],
+                       entropy_spread=soft["mean_over_classes"]["entropy_std"],
+                       off_mass_spread=soft["mean_over_classes"]["off_class_mass_std"],
+                       temperature=soft["temperature"])
+        rows[name] = row
+    return rows
+
+
+def students(results):
+    """{setting: {"runs": [(seed, metrics)], ...mean/std}} of the finished student runs."""
+    groups = {}
+    for path in sorted(glob.glob(os.path.join(results, "students", "*_seed*", "metrics.json"))):
+        setting, seed = STUDENT.match(os.path.basename(os.path.dirname(path))).groups()
+        groups.setdefault(setting, []).append((int(seed), read(path)))
+    out = {}
+    for setting, runs in groups.items():
+        runs.sort()
+        last = [m["test_top1"] for _, m in runs]
+        best = [m["best_test_top1"] for _, m in runs]
+        first = runs[0][1]
+        out[setting] = {
+            "seeds": [s for s, _ in runs], "last": last, "best": best,
+            "best_epoch": [m["best_epoch"] for _, m in runs], "epochs": len(first["history"]),
+            "last_mean_std": mean_std(last), "best_mean_std": mean_std(best),
+            "teacher": os.path.basename(os.path.dirname(first["teacher"])) if "teacher" in first else None,
+            "teacher_test_top1": first.get("teacher_test_top1"),
+            "objectives": first.get("objectives"), "ce_weight": first.get("ce_weight"),
+            "wall_seconds": [m["wall_seconds"] for _, m in runs],
+        }
+    return out
+
+
+def teacher_table(rows, kind):
+    lines = ["| teacher | lambda | epochs | test top-1 (%) | intra/inter ratio | anchors past margin | "
+             "ECE | entropy at T=4 | off-class mass at T=4 | within-class std of entropy | "
+             "within-class std of off-class mass |", "|" + "---|" * 11]
+    for name, r in sorted(rows.items(), key=lambda item: item[1]["lambda"]):
+        if r["kind"] != kind:
+            continue
+        lines.append(
+            f"| {name} | {r['lambda']:g} | {r['epochs']} | {fmt(r['test_top1'])} | "
+            f"{fmt(r.get('eval_ratio') or r['intra_inter_ratio'], '.4f')} | {fmt(r['margin_pass'], '.3f')} | "
+            f"{fmt(r.get('ece'), '.4f')} | {fmt(r.get('entropy'), '.4f')} | {fmt(r.get('off_mass'), '.4f')} | "
+            f"{fmt(r.get('entropy_spread'), '.4f')} | {fmt(r.get('off_mass_spread'), '.4f')} |")
+    return "\n".join(lines)
+
+
+def student_table(groups, settings):
+    lines = ["| setting | teacher (top-1 %) | seeds | last epoch top-1 (%) | best epoch top-1 (%) | "
+             "per seed: last / best (best epoch) |", "|" + "---|" * 6]
+    for setting in settings:
+        if setting not in groups:
+            continue
+        g = groups[setting]
+        label = SETTINGS.get(setting, (setting, None))[0]
+        teacher = f"{g['teacher']} ({fmt(g['teacher_test_top1'])})" if g["teacher"] else "-"
+        per_seed = "; ".join(f"s{s}: {fmt(l)} / {fmt(b)} ({e})"
+                             for s, l, b, e in zip(g["seeds"], g["last"], g["best"], g["best_epoch"]))
+        (lm, ls), (bm, bs) = g["last_mean_std"], g["best_mean_std"]
+        lines.append(f"| {label} | {teacher} | {','.join(map(str, g['seeds']))} | {lm:.2f} +- {fmt(ls)} | "
+                     f"{bm:.2f} +- {fmt(bs)} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def figure(rows, groups, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ft = sorted((r for r in rows.values() if r["kind"] == "ft"), key=lambda r: r["lambda"])
+    if not ft:
+        return False
+    lambdas = [r["lambda"] for r in ft]
+    x = np.arange(len(lambdas))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    panels = [("teacher test top-1 (%)", [r["test_top1"] for r in ft]),
+              ("teacher intra / inter-class distance", [r.get("eval_ratio") or r["intra_inter_ratio"] for r in ft]),
+              ("teacher soft-label entropy at T = 4 (nats)", [r.get("entropy") for r in ft])]
+    for ax, (label, values) in zip(axes, panels):
+        values = [np.nan if v is None else v for v in values]
+        ax.plot(x, values, marker="o")
+        ax.set_ylabel(label)
+    ax = axes[3]
+    means, stds = [], []
+    for lam in lambdas:
+        g = groups.get("kd_ce" if lam == 0 else f"kd_icc{lam:g}")
+        means.append(g["last_mean_std"][0] if g else np.nan)
+        stds.append(g["last_mean_std"][1] if g and len(g["seeds"]) > 1 else 0.0)
+    ax.errorbar(x, means, yerr=stds, marker="o", capsize=4, label="KD from the teacher")
+    for setting, style in (("alone", ":"), ("dkd", "--"), ("crd", "-.")):
+        if setting in groups:
+            ax.axhline(groups[setting]["last_mean_std"][0], linestyle=style, color="grey", label=setting.upper()
+                       if setting != "alone" else "alone")
+    ax.set_ylabel("resnet8 student test top-1 (%), last epoch")
+    ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(x, [f"{lam:g}" for lam in lambdas])
+        ax.set_xlabel("lambda (0 = CE teacher)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Converged-scale CIFAR-10 (JPEG copy): resnet20 teachers fine-tuned from the published "
+                 "weights, resnet8 students; mean +- sample std over seeds", fontsize=10)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not os.path.isdir(FLAGS.runs):
+        raise app.UsageError(f"--runs={FLAGS.runs!r} is not a folder")
+    collect(FLAGS.runs, FLAGS.results_dir)
+    rows, groups = teachers(FLAGS.results_dir), students(FLAGS.results_dir)
+    imported = os.path.join(FLAGS.results_dir, "imported_resnet20", "metrics.json")
+    parts = []
+    if os.path.isfile(imported):
+        parts.append(f"Imported resnet20 before any fine-tuning: {read(imported)['test_top1']:.2f} % on the "
+                     "10,000 JPEG test images.")
+    parts += ["### Teachers fine-tuned from the published resnet20", "", teacher_table(rows, "ft"), "",
+              "### Students (resnet8), teachers fine-tuned from the published weights", "",
+              student_table(groups, [s for s in SETTINGS if not s.startswith("kd_scratch")]), "",
+              "### From-scratch control: resnet20 teachers from random initialisation", "",
+              teacher_table(rows, "scratch"), "",
+              student_table(groups, ["kd_scratch_ce", "kd_scratch_icc"])]
+    text = "\n".join(parts)
+    if os.path.isfile(FLAGS.markdown):
+        doc = open(FLAGS.markdown).read()
+        if BEGIN not in doc or END not in doc:
+            raise app.UsageError(f"--markdown={FLAGS.markdown!r} lacks the {BEGIN} / {END} markers")
+        head, rest = doc.split(BEGIN, 1)
+        doc = head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1]
+        with open(FLAGS.markdown + ".tmp", "w") as f:
+            f.write(doc)
+        os.replace(FLAGS.markdown + ".tmp", FLAGS.markdown)
+    else:
+        print(text)
+    drew = figure(rows, groups, FLAGS.figure)
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+    from keras_icckd.training import atomic_write_json
+
+    os.makedirs(os.path.dirname(FLAGS.summary), exist_ok=True)
+    atomic_write_json({"teachers": rows, "students": groups}, FLAGS.summary)
+    print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))
+
+
+if __name__ == "__main__":
+    app.run(main)
