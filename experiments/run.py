@@ -247,6 +247,8 @@ def validate_flags():
     need(FLAGS.model_parallel_size >= 1, "model_parallel_size", ">= 1")
     need(FLAGS.num_processes >= 1, "num_processes", ">= 1")
     need(0 <= FLAGS.process_id < FLAGS.num_processes, "process_id", "in [0, --num_processes)")
+    need(FLAGS.num_processes == 1 or FLAGS.distribution != "none" or FLAGS.mode not in ("teacher", "student"),
+         "distribution", "data_parallel or model_parallel with --num_processes > 1 (the processes train one model)")
     need(FLAGS.num_processes == 1 or FLAGS.coordinator_address or keras.backend.backend() == "tensorflow",
          "coordinator_address", "host:port of process 0 when --num_processes > 1 on JAX (TensorFlow reads TF_CONFIG)")
     need(FLAGS.icc_lambda >= 0, "icc_lambda", ">= 0")
@@ -520,8 +522,11 @@ def build_student(splits, steps):
                 teacher=teacher)
 
 
-def run(builder):
-    """Loads the data, builds the mode's model, trains it, writes model.keras, metrics.json, curves.png."""
+def run(builder, factor):
+    """Loads the data, builds the mode's model, trains it, writes model.keras, metrics.json, curves.png.
+
+    `factor`: the data-parallel device count of the distribution that `set_up_devices` set.
+    """
     import keras
     import numpy as np
 
@@ -534,23 +539,18 @@ def run(builder):
     keras.utils.set_random_seed(FLAGS.seed)
     from keras_icckd.training import distribution
 
-    try:
-        distribution.initialize_multi_host(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        factor = distribution.configure(FLAGS.distribution, FLAGS.model_parallel_size)
-    except ValueError as e:
-        raise app.UsageError(f"--distribution={FLAGS.distribution!r}: {e}")
     splits = load_splits()
     mean, std = normalization_of(splits)
     num_train = count(splits, "train")
     if FLAGS.batch_size > num_train:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} is larger than the {num_train} training images")
-    sizes = {"batch_size": FLAGS.batch_size, "eval_batch_size": FLAGS.eval_batch_size,
-             "max_test_examples": count(splits, "test"),
-             "diagnostic_examples": min(FLAGS.diagnostic_examples, count(splits, "test"))}
-    for name, size in sizes.items():
-        if size % factor:
-            raise app.UsageError(f"--{name}: {size} is not a multiple of the {factor} data-parallel devices "
-                                 f"(--distribution={FLAGS.distribution}); every batch is split evenly")
+    sizes = {"--batch_size": FLAGS.batch_size, "--eval_batch_size": FLAGS.eval_batch_size,
+             "--max_test_examples": count(splits, "test"),
+             "--diagnostic_examples": min(FLAGS.diagnostic_examples, count(splits, "test"))}
+    try:
+        distribution.check_even_split(sizes, factor)
+    except ValueError as e:
+        raise app.UsageError(f"{e} (--distribution={FLAGS.distribution}); every batch is split evenly")
     steps = data.steps_per_epoch(num_train, FLAGS.batch_size)
     run_ = builder(splits, steps)
     model = run_["model"]
@@ -818,6 +818,23 @@ def run_evaluate():
     print(f"picture: {os.path.abspath(picture_path)}")
 
 
+def set_up_devices():
+    """Joins the job of several processes (--num_processes > 1: JAX's jax.distributed, TensorFlow's
+    MultiWorkerMirroredStrategy from TF_CONFIG) before any device is used, then sets --distribution
+    before any model is built or loaded (the --teacher too: its variables must be laid out, or
+    mirrored, like the student's). Returns the data-parallel device count."""
+    from keras_icckd.training import distribution
+
+    try:
+        distribution.initialize_multi_host(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except ValueError as e:
+        raise app.UsageError(f"--num_processes={FLAGS.num_processes}: {e}")
+    try:
+        return distribution.configure(FLAGS.distribution, FLAGS.model_parallel_size)
+    except ValueError as e:
+        raise app.UsageError(f"--distribution={FLAGS.distribution!r}: {e}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -834,9 +851,10 @@ def main(argv):
     import keras
 
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
+    factor = set_up_devices()
     if FLAGS.mode == "student" and FLAGS.teacher:
         load_student_teacher()  # a foreign or mismatched teacher fails before any data is read
-    run({"teacher": build_teacher, "student": build_student}[FLAGS.mode])
+    run({"teacher": build_teacher, "student": build_student}[FLAGS.mode], factor)
 
 
 def tf_error_text(message):

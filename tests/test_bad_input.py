@@ -108,6 +108,10 @@ FLAG_CASES = [
     (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar' is not allowed"),
     (["--dataset=tfds"], "--tfds_name=None is not allowed"),
     (["--image_size=-1"], "--image_size=-1 is not allowed: expected >= 0"),
+    (["--num_processes=2"], "--distribution='none' is not allowed: expected data_parallel or model_parallel with "
+                            "--num_processes > 1"),
+    (["--distribution=data_parallel", "--num_processes=2", "--process_id=2"],
+     "--process_id=2 is not allowed: expected in [0, --num_processes)"),
     (["--dataset=tinyimagenet", "--stream"], "--stream=True is not allowed: expected False unless --dataset=folder"),
     (["--dataset=folder", "--stream"], "--data_dir=None is not allowed: expected the image folder or .tar archive"),
     (["--dataset=tfds", "--tfds_name=x", "--stream", "--eval_resize=200"], "--eval_resize=200 is not allowed"),
@@ -156,6 +160,16 @@ def test_the_numpy_input_pipeline_is_for_jax(files):
         assert error is None
     else:
         assert "--input_pipeline='numpy' is not allowed: expected auto or tf_data on the TensorFlow backend" in error
+
+
+def test_model_parallel_and_the_coordinator_address_are_for_jax(files):
+    jax = keras.backend.backend() == "jax"
+    error = validate(["--distribution=model_parallel"], files)
+    assert error is None if jax else "--distribution='model_parallel' is not allowed: expected none or " \
+        "data_parallel on the TensorFlow backend" in error, error
+    error = validate(["--distribution=data_parallel", "--num_processes=2"], files)  # TensorFlow reads TF_CONFIG
+    assert error is None if not jax else "--coordinator_address=None is not allowed: expected host:port of " \
+        "process 0 when --num_processes > 1 on JAX" in error, error
 
 
 def test_a_flagfile_with_an_unknown_flag_is_refused(files, tmp_path):

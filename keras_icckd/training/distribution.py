@@ -129,3 +129,28 @@ def configure(kind, model_parallel_size=1):
     keras.distribution.set_distribution(
         keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch"))
     return len(devices) // m
+
+
+def check_even_split(sizes, factor):
+    """Refuses sizes that `factor` data-parallel devices cannot split evenly.
+
+    Every batch is split into `factor` equal shares and Keras does not pad the last one, so the
+    batch sizes and the number of examples evaluated must be multiples of the factor.
+
+    Args:
+        sizes: {name: size}, named as the message should name them (e.g. "--batch_size").
+        factor: the data-parallel factor that `configure` returned.
+
+    Raises:
+        ValueError: for the first size that is not a multiple of `factor`.
+
+    Example:
+        >>> check_even_split({"--batch_size": 64, "--eval_batch_size": 256}, 4)  # passes
+        >>> check_even_split({"--batch_size": 6}, 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: --batch_size: 6 is not a multiple of the 4 data-parallel devices
+    """
+    for name, size in sizes.items():
+        if size % factor:
+            raise ValueError(f"{name}: {size} is not a multiple of the {factor} data-parallel devices")
