@@ -72,3 +72,17 @@ def test_doctest_example():
     from keras_icckd.models import cache as module
 
     run_doctests(module)
+
+
+def test_enqueue_with_a_batch_size_known_only_when_the_step_runs():
+    """TensorFlow's MultiWorkerMirroredStrategy traces the train step with an unknown batch size."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("JAX traces every step with its batch size")
+    import tensorflow as tf
+
+    cache = IntraClassCache(size=4, dim=2)
+    step = tf.function(cache.enqueue, input_signature=[tf.TensorSpec((None, 2), "float32"),
+                                                       tf.TensorSpec((None,), "int32")])
+    for batch in ([1, 2, 3], [4, 5, 6, 7, 8]):  # the second is larger than the cache: its newest 4 stay
+        step(rows(batch), np.array(batch, "int32"))
+    assert state(cache) == ([6, 7, 8, 5], [6, 7, 8, 5], 3)

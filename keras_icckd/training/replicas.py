@@ -59,9 +59,12 @@ def gather(tensor, views=1):
     import tensorflow as tf
 
     n = context.num_replicas_in_sync
+    if not getattr(tensor, "device", None):  # an input of the step, placed nowhere yet: MultiWorker-
+        tensor = tf.identity(tensor)  # MirroredStrategy gathers to the devices of the value it gathers
     gathered = context.all_gather(tensor, axis=0)  # replica-major: (N * V * b, ...)
-    if tensor.shape[0] is not None:  # keep the static shape, which all_gather loses
-        gathered = tf.ensure_shape(gathered, [n * tensor.shape[0], *tensor.shape[1:]])
+    # Keep the static shape, which all_gather loses (the batch size is unknown with several workers).
+    batch = None if tensor.shape[0] is None else n * tensor.shape[0]
+    gathered = tf.ensure_shape(gathered, [batch, *tensor.shape[1:]])
     if views == 1:
         return gathered
     shape = ops.shape(gathered)
