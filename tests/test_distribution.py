@@ -1,6 +1,11 @@
-"""Several devices: keras.distribution on JAX (4 virtual CPU devices) and tf.distribute's
-MirroredStrategy on TensorFlow (2 logical CPU devices) train the ICC teacher with its cache and the
-Distiller (KD + CRD + DCD) with the same losses and weights as the same global batches on 1 device."""
+"""Several devices train like one: the same global batches give the same losses, loss terms and
+metrics, and weights within 1e-4, on several devices as on 1 device.
+
+JAX (keras.distribution, 4 virtual CPU devices): the ICC teacher with its cache and the Distiller
+(KD + CRD + DCD) data parallel, and the teacher model parallel. TensorFlow (MirroredStrategy, 2
+logical CPU devices): the ICC teacher with its cache (negatives, cache writes and BatchNorm over the
+global batch); the Distiller's replicas (KD + CRD + DCD, gathered outputs and inputs, CRD's memory)
+are tests/test_multi_host.py's, in two processes against one."""
 
 import os
 import subprocess
@@ -11,12 +16,11 @@ import keras
 import pytest
 
 from helpers import REPO_ROOT
-from keras_icckd import training
 from keras_icckd.training import distribution
 
 SCRIPT = textwrap.dedent("""
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     import keras, numpy as np
     from keras_icckd import backbones, data, training
     from keras_icckd.models import ContrastiveTeacher, Distiller
@@ -45,9 +49,12 @@ SCRIPT = textwrap.dedent("""
         sharding = str(getattr(model.trainable_variables[0].value, "sharding", ""))
         return factor, history["loss"][0], [keras.ops.convert_to_numpy(v) for v in model.variables], sharding
 
+    references = {}
     for kind, mode, size in [("teacher", "data_parallel", 1), ("distiller", "data_parallel", 1),
                              ("teacher", "model_parallel", 2)]:
-        _, loss1, weights1, _ = train(kind, "none")
+        if kind not in references:  # one device
+            references[kind] = train(kind, "none")
+        _, loss1, weights1, _ = references[kind]
         factor, loss4, weights4, sharding = train(kind, mode, size)
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights1, weights4))
         print(f"RESULT {kind} {mode} factor={factor} loss1={loss1:.6f} loss4={loss4:.6f} diff={diff:.2e} {sharding}")
@@ -65,41 +72,32 @@ TF_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np
     from keras_icckd import backbones, data, training
-    from keras_icckd.models import ContrastiveTeacher, Distiller
+    from keras_icckd.models import ContrastiveTeacher
     from keras_icckd.training import distribution, replicas
 
     splits = data.make_synthetic(num_classes=3, train_per_class=16, test_per_class=4, image_shape=(16, 16, 3))
-    keras.utils.set_random_seed(1)
-    frozen = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))  # built before the strategy,
-    # as run.py loads a student's teacher
 
-    def build(kind):
+    def train(mode):
+        factor = distribution.configure(mode)
         keras.utils.set_random_seed(0)
         net = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
-        if kind == "teacher":
-            return ContrastiveTeacher(net, icc_cache_size=16, icc_delta=-1.0), {}, 2
-        model = Distiller(net, frozen, "kd:0.9,crd:0.8,dcd:1", num_train=48)
-        return model, model.data_options(), 1
-
-    def train(kind, mode):
-        factor = distribution.configure(mode)
-        model, options, views = build(kind)
+        model = ContrastiveTeacher(net, icc_cache_size=16, icc_delta=-1.0)
         model.compile(optimizer=training.TorchSGD(0.05, momentum=0.9, weight_decay=5e-4))
         ds = data.make_train_dataset(splits.train_images, splits.train_labels, 16, seed=0, mean=(0.5,) * 3,
-                                     std=(0.25,) * 3, views=views, epochs=1, **options)
+                                     std=(0.25,) * 3, views=2, epochs=1)
         history = model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0).history
         kinds = {type(v.value).__name__ for v in model.trainable_variables}
         return factor, history, [keras.ops.convert_to_numpy(v) for v in model.variables], kinds
 
-    for kind in ("teacher", "distiller"):
-        _, h1, weights1, _ = train(kind, "none")
-        factor, h2, weights2, kinds = train(kind, "data_parallel")
-        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights1, weights2))
-        print(f"RESULT {kind} factor={factor} loss1={h1['loss'][0]:.6f} loss2={h2['loss'][0]:.6f} diff={diff:.2e}")
-        assert factor == 2 and kinds == {"MirroredVariable"}, (factor, kinds)
-        for key in h1:  # the loss, each term (ce, intra, kd_loss, crd_loss, dcd_loss, ...) and the metrics
-            assert abs(h1[key][0] - h2[key][0]) <= 1e-5 * max(1.0, abs(h1[key][0])), (kind, key, h1, h2)
-        assert diff <= 1e-4, (kind, diff)
+    _, h1, weights1, _ = train("none")
+    factor, h2, weights2, kinds = train("data_parallel")
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights1, weights2))
+    print(f"RESULT teacher factor={factor} loss1={h1['loss'][0]:.6f} loss2={h2['loss'][0]:.6f} diff={diff:.2e}")
+    assert factor == 2 and kinds == {"MirroredVariable"}, (factor, kinds)
+    assert {"ce", "intra", "margin_pass", "negatives", "accuracy"} <= set(h1), sorted(h1)
+    for key in h1:  # the loss, each term and the metrics
+        assert abs(h1[key][0] - h2[key][0]) <= 1e-5 * max(1.0, abs(h1[key][0])), (key, h1, h2)
+    assert diff <= 1e-4, diff  # the cache included: its slots hold the global batches' projections
 
     # Views stacked view-major per replica are gathered view-major over the global batch.
     strategy = distribution._tf_strategy()
@@ -111,9 +109,9 @@ TF_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_multi_device_step_matches_one_device():
+def test_multi_device_step_matches_one_device(jax_subprocess_env):
     script = SCRIPT if keras.backend.backend() == "jax" else TF_SCRIPT
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2", **jax_subprocess_env)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                             cwd=REPO_ROOT, timeout=900)
     assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
@@ -132,33 +130,9 @@ def test_bad_distribution_arguments():
     if not jax:
         with pytest.raises(ValueError, match="'model_parallel' needs the JAX backend"):
             distribution.configure("model_parallel")
-
-
-def test_run_py_trains_data_parallel_on_jax_and_refuses_model_parallel_on_tensorflow(tmp_path):
-    """(run.py's data_parallel on TensorFlow, with two workers: tests/test_multi_host.py.)"""
-    out = str(tmp_path / "run")
-    args = ["--dataset=synthetic", "--synthetic_classes=3", "--synthetic_train_per_class=16",
-            "--synthetic_test_per_class=4", "--arch=resnet8", "--batch_size=8", "--epochs=1",
-            "--lr_decay_epochs=", "--icc_cache_size=16", "--diagnostic_examples=12", "--notensorboard",
-            "--distribution=data_parallel", f"--output_dir={out}"]
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    run = [sys.executable, os.path.join(REPO_ROOT, "experiments", "run.py")]
-    if keras.backend.backend() != "jax":
-        result = subprocess.run([*run, *args, "--distribution=model_parallel"], capture_output=True, text=True,
-                                env=env, cwd=REPO_ROOT, timeout=600)
-        assert result.returncode != 0
-        assert "--distribution='model_parallel' is not allowed: expected none or data_parallel on the " \
-               "TensorFlow backend" in result.stderr, result.stderr[-2000:]
-        assert not os.path.exists(os.path.join(out, "metrics.json"))
-        return
-    result = subprocess.run([*run, *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert os.path.exists(os.path.join(out, "model.keras"))
-    bad = subprocess.run([*run, *args, "--batch_size=6", "--noresume"], capture_output=True, text=True,
-                         env=env, cwd=REPO_ROOT, timeout=600)
-    assert bad.returncode != 0
-    assert "--batch_size: 6 is not a multiple of the 4 data-parallel devices" in bad.stderr, bad.stderr[-2000:]
+    distribution.check_even_split({"--batch_size": 8, "--eval_batch_size": 12}, 4)
+    with pytest.raises(ValueError, match="^--eval_batch_size: 6 is not a multiple of the 4 data-parallel devices$"):
+        distribution.check_even_split({"--batch_size": 8, "--eval_batch_size": 6}, 4)
 
 
 def test_one_replica_changes_nothing_and_doctests():
