@@ -12,7 +12,8 @@
 #   named by $RKD_LAMBDA once that flagfile exists).
 # scratch: resnet20 CE and ICC teachers from random initialisation (scratch_teacher.flags), then KD from each.
 # report: tables and the figure (experiments/converged_report.py).
-# Finished runs are reused and interrupted ones resume: the same command continues after a kill.
+# Finished runs (here or committed under experiments/results/converged_cifar10) are reused and
+# interrupted ones resume: the same command continues after a kill or in a fresh clone.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/experiments/ensure_env.sh"
@@ -25,6 +26,12 @@ lambdas="${LAMBDAS:-0 0.01 0.05 0.1}"
 seeds="${SEEDS:-0,1,2}"
 stages="${*:-teachers students scratch report}"
 py=.venv/bin/python
+committed=experiments/results/converged_cifar10
+
+# Runs finished in earlier sessions are committed under $committed (metrics.json, the teachers'
+# model.keras and evaluations): start from them, so that only what is missing runs.
+mkdir -p "$out"
+cp -rn "$committed/." "$out/"
 
 once() {  # once DIR ARGS...: runs run.py into DIR unless DIR/metrics.json exists
   local dir=$1; shift

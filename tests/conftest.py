@@ -23,3 +23,44 @@ def jax_subprocess_env(tmp_path_factory):
     return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
             "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
+
+
+# Tests of code that does not depend on the Keras backend (command-line validation and error
+# paths, tf.data streaming, the sweep and bench drivers, subprocess kill-and-resume orchestration)
+# run in one backend's session only, to keep the two-backend suite short: nodeid prefix -> the
+# backend whose session runs it. Every numerical piece still runs on both backends; the models
+# these drivers train are covered on both backends by the in-process tests (test_resume's
+# interrupted-training tests, test_run, test_export, test_distiller).
+ONE_BACKEND = {
+    "tests/test_export.py::test_cli_export_and_its_errors": "tensorflow",
+    "tests/test_bench.py::test_a_real_run_on_this_backend": "tensorflow",  # JAX: test_gpu_session's JAX half
+    "tests/test_resume.py::test_cli_killed_run_resumes_to_the_uninterrupted_result": "tensorflow",
+    "tests/test_resume.py::test_random_sigkills_never_leave_a_file_that_loads_truncated": "jax",
+    "tests/test_sweep.py::test_sweep_runs_each_flagfile_per_seed_and_tabulates": "jax",
+    "tests/test_run.py::test_bad_flags_fail_before_any_work": "tensorflow",
+    "tests/test_run.py::test_bad_student_inputs": "tensorflow",
+    "tests/test_run.py::test_bad_init_model": "tensorflow",
+    "tests/test_streaming.py": "tensorflow",  # tf.data whatever the Keras backend
+    "tests/test_tinyimagenet.py::test_tinyimagenet_loads": "tensorflow",
+    "tests/test_tinyimagenet.py::test_default_location": "tensorflow",
+    "tests/test_tinyimagenet.py::test_resized": "tensorflow",
+    "tests/test_tinyimagenet.py::test_channel_statistics": "tensorflow",
+    "tests/test_tinyimagenet.py::test_a_data_problem_ends_the_run_in_one_line": "tensorflow",
+    "tests/test_tinyimagenet.py::test_tinyimagenet_run_at_another_image_size": "jax",
+    "tests/test_distiller.py::test_heterogeneous_pairs": "tensorflow",  # output wiring across families
+    "tests/test_mixed_precision.py::test_teacher_and_distiller_train_in_mixed_precision[mixed_float16]": "tensorflow",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselects (reported by pytest as deselected) the ONE_BACKEND tests of the other backend."""
+    import keras
+
+    current = keras.backend.backend()
+    keep, drop = [], []
+    for item in items:
+        owner = next((b for prefix, b in ONE_BACKEND.items() if item.nodeid.startswith(prefix)), current)
+        (keep if owner == current else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

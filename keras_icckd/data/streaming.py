@@ -36,6 +36,8 @@ from keras_icckd.data.sources import (
     DataError, SPLITS, _balanced_indices, _CORRUPT, _hidden, _source_key, _write_cache, default_cache_dir,
     default_tfds_dir)
 
+_ALG = "philox"  # TensorFlow's stateless RNG algorithm, explicit so that draws do not depend on the device
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -273,7 +275,7 @@ class ImageStream:
         """
         import tensorflow as tf
 
-        from keras_icckd.data.pipeline import _ALG, _OtherClassSampler
+        from keras_icckd.data.pipeline import _OtherClassSampler
 
         self._check_train(batch_size, views, epochs, initial_epoch, contrast_negatives)
         sampler = _OtherClassSampler(self.train_labels, contrast_negatives, seed) if contrast_negatives else None
@@ -404,7 +406,6 @@ class ImageStream:
         """`views` RandomResizedCrop + flip views of one encoded image, float32 normalised."""
         import tensorflow as tf
 
-        from keras_icckd.data.pipeline import _ALG
 
         draws = []
         for v in range(views):
