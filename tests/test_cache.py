@@ -75,9 +75,8 @@ def test_doctest_example():
 
 
 def test_enqueue_with_a_batch_size_known_only_when_the_step_runs():
-    """TensorFlow's MultiWorkerMirroredStrategy traces the train step with an unknown batch size."""
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("JAX traces every step with its batch size")
+    """TensorFlow's MultiWorkerMirroredStrategy traces the train step with an unknown batch size
+    (TensorFlow session only: JAX traces every step with its batch size; tests/conftest.py)."""
     import tensorflow as tf
 
     cache = IntraClassCache(size=4, dim=2)

@@ -66,9 +66,8 @@ def test_teacher_student_and_resumed_runs_train_without_tensorflow(env, tmp_path
         assert "Keras could not start its backend (KERAS_BACKEND=tensorflow)" in result.stderr, result.stderr[-2000:]
         assert "train with KERAS_BACKEND=jax" in result.stderr
         return
-    # Compiled steps are cached on disk, so only the first run (the killed one) and the student compile.
-    env = dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    # Compiled steps are cached on disk (the session's cache, tests/conftest.py), so only the first
+    # run (the killed one) and the student compile.
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     teacher_args = [*SMALL, "--synthetic_train_per_class=40", "--epochs=3"]  # 15 steps per epoch
     victim = start([*teacher_args, f"--output_dir={killed}"], env)
