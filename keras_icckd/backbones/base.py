@@ -171,6 +171,31 @@ def conv_bn(x, filters, kernel_size, stride=1, *, name, activation=True, **conv_
     return relu(x, f"{name}_relu") if activation else x
 
 
+def residual_block(x, planes, stride, prefix, *, bottleneck=False, shortcut=None):
+    """He et al.'s residual block as the reference codebases build it; returns (pre-ReLU sum, output).
+
+    Basic: conv3x3(stride)-BN-ReLU, conv3x3-BN. Bottleneck: conv1x1-BN-ReLU, conv3x3(stride)-BN-ReLU,
+    conv1x1-BN to 4 * planes (torchvision's v1.5: the stride on the 3x3). The shortcut is the
+    identity when the shape is kept, else `shortcut(x)` when given (e.g. the option-A padding
+    shortcut), else a conv1x1(stride)-BN projection. Layers are named `{prefix}_1`, `_2`, `_3`,
+    `_down`, `_add`, `_out`, the names the PyTorch importer maps.
+    """
+    out_planes = planes * (4 if bottleneck else 1)
+    residual = x
+    if stride != 1 or x.shape[-1] != out_planes:
+        residual = shortcut(x) if shortcut is not None else conv_bn(
+            x, out_planes, 1, stride, name=f"{prefix}_down", activation=False)
+    if bottleneck:
+        h = conv_bn(x, planes, 1, name=f"{prefix}_1")
+        h = conv_bn(h, planes, 3, stride, name=f"{prefix}_2")
+        h = conv_bn(h, out_planes, 1, name=f"{prefix}_3", activation=False)
+    else:
+        h = conv_bn(x, planes, 3, stride, name=f"{prefix}_1")
+        h = conv_bn(h, planes, 3, name=f"{prefix}_2", activation=False)
+    pre = layers.Add(name=f"{prefix}_add")([h, residual])
+    return pre, relu(pre, f"{prefix}_out")
+
+
 def classifier_head(x, num_classes, init):
     """Global average pooling + Dense classifier; returns (embedding, logits)."""
     embedding = layers.GlobalAveragePooling2D(name="avg_pool")(x)

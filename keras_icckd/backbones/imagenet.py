@@ -19,7 +19,7 @@ features the feature objectives read (`backbones.wrap` can add them by layer nam
 import keras
 from keras import layers
 
-from keras_icckd.backbones.base import Backbone, classifier_head, conv, conv_bn, relu
+from keras_icckd.backbones.base import Backbone, classifier_head, conv, conv_bn, relu, residual_block
 
 _BLOCKS = ("basic", "bottleneck")
 _STAGE_PLANES = (64, 128, 256, 512)
@@ -83,7 +83,6 @@ class ImageNetResNet(Backbone):
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be 4 positive block counts, e.g. (2, 2, 2, 2); got {blocks!r}")
         num_classes, input_shape, inputs = self._inputs(num_classes, input_shape)
-        expansion = 4 if block == "bottleneck" else 1
 
         pre = conv_bn(self._normalized_inputs(inputs, kwargs), 64, 7, 2, name="stem", activation=False)
         x = relu(pre, "stem_relu")
@@ -92,19 +91,8 @@ class ImageNetResNet(Backbone):
         for stage, (planes, count) in enumerate(zip(_STAGE_PLANES, blocks), start=1):
             for index in range(count):
                 stride = 2 if stage > 1 and index == 0 else 1
-                prefix = f"stage{stage}_block{index}"
-                shortcut = x
-                if stride != 1 or x.shape[-1] != planes * expansion:
-                    shortcut = conv_bn(x, planes * expansion, 1, stride, name=f"{prefix}_down", activation=False)
-                if block == "basic":
-                    h = conv_bn(x, planes, 3, stride, name=f"{prefix}_1")
-                    h = conv_bn(h, planes, 3, name=f"{prefix}_2", activation=False)
-                else:
-                    h = conv_bn(x, planes, 1, name=f"{prefix}_1")
-                    h = conv_bn(h, planes, 3, stride, name=f"{prefix}_2")
-                    h = conv_bn(h, planes * expansion, 1, name=f"{prefix}_3", activation=False)
-                pre = layers.Add(name=f"{prefix}_add")([h, shortcut])
-                x = relu(pre, f"{prefix}_out")
+                pre, x = residual_block(x, planes, stride, f"stage{stage}_block{index}",
+                                        bottleneck=block == "bottleneck")
             feats.append(x)
             preacts.append(pre)
         embedding, logits = classifier_head(x, num_classes, "torch")

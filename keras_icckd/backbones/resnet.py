@@ -4,7 +4,7 @@ import keras
 import numpy as np  # noqa: F401  (the docstring examples use it)
 from keras import layers, ops
 
-from keras_icckd.backbones.base import Backbone, classifier_head, conv_bn, relu
+from keras_icckd.backbones.base import Backbone, classifier_head, conv_bn, relu, residual_block
 
 SHORTCUTS = ("projection", "option_a")
 
@@ -107,16 +107,9 @@ class ResNet(Backbone):
             for block in range(blocks):
                 stride = 2 if stage > 1 and block == 0 else 1
                 prefix = f"stage{stage}_block{block}"
-                residual = x
-                if (stride != 1 or x.shape[-1] != planes) and shortcut == "option_a":
-                    residual = OptionAShortcut(planes // 4, name=f"{prefix}_shortcut")(x)
-                elif stride != 1 or x.shape[-1] != planes:
-                    residual = conv_bn(x, planes, 1, stride, name=f"{prefix}_down",
-                                       activation=False)
-                h = conv_bn(x, planes, 3, stride, name=f"{prefix}_1")
-                h = conv_bn(h, planes, 3, name=f"{prefix}_2", activation=False)
-                pre = layers.Add(name=f"{prefix}_add")([h, residual])
-                x = relu(pre, f"{prefix}_out")
+                pad = (lambda h, p=planes // 4, n=f"{prefix}_shortcut": OptionAShortcut(p, name=n)(h)) \
+                    if shortcut == "option_a" else None
+                pre, x = residual_block(x, planes, stride, prefix, shortcut=pad)
             feats.append(x)
             preacts.append(pre)
         embedding, logits = classifier_head(x, num_classes, "torch")

@@ -197,6 +197,23 @@ def crop_flip(images, params):
     return padded[batch, rows[:, :, None], cols[:, None, :]]
 
 
+def model_inputs(views, labels, index=None, contrast_index=None):
+    """The (inputs, labels) pair of a training batch, for every pipeline (NumPy, tf.data, streaming):
+    the first view alone when nothing else is asked for, else {"image", ["view2"], ["index"],
+    ["contrast_index"]}. `views`: one or two image batches; `index`, `contrast_index`: None when
+    not asked for."""
+    if len(views) == 1 and index is None and contrast_index is None:
+        return views[0], labels
+    x = {"image": views[0]}
+    if len(views) == 2:
+        x["view2"] = views[1]
+    if index is not None:
+        x["index"] = index
+    if contrast_index is not None:
+        x["contrast_index"] = contrast_index
+    return x, labels
+
+
 class _Prefetching(keras.utils.PyDataset):
     """A PyDataset whose batch i is a pure function of i, prepared ahead by a thread pool.
 
@@ -294,17 +311,8 @@ class TrainDataset(_Prefetching):
         pixels = self.images[index]
         out = [normalize(crop_flip(pixels, crop_flip_params(self.seed, epoch, index, v)) if self.augment
                          else pixels, self.mean, self.std) for v in range(self.views)]
-        y = self.labels[index]
-        if self.views == 1 and not self.with_index and self.sampler is None:
-            return out[0], y
-        x = {"image": out[0]}
-        if self.views == 2:
-            x["view2"] = out[1]
-        if self.with_index:
-            x["index"] = index
-        if self.sampler is not None:
-            x["contrast_index"] = self.sampler(index, epoch)
-        return x, y
+        return model_inputs(out, self.labels[index], index if self.with_index else None,
+                            None if self.sampler is None else self.sampler(index, epoch))
 
 
 class EvalDataset(_Prefetching):

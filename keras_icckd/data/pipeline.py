@@ -142,17 +142,8 @@ def make_train_dataset(images, labels, batch_size, *, seed, mean, std, views=1, 
     def assemble(index, params, epoch_of_batch):
         batch = tf.gather(pixels, index)
         out = [_normalize(_crop_flip(batch, params[:, v]) if augment else batch, mean, std) for v in range(views)]
-        y = tf.gather(targets, index)
-        if views == 1 and not with_index and not sampler:
-            return out[0], y
-        x = {"image": out[0]}
-        if views == 2:
-            x["view2"] = out[1]
-        if with_index:
-            x["index"] = index
-        if sampler:
-            x["contrast_index"] = sampler(index, epoch_of_batch[0])
-        return x, y
+        return draws.model_inputs(out, tf.gather(targets, index), index if with_index else None,
+                                  sampler(index, epoch_of_batch[0]) if sampler else None)
 
     ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch)
     ds = ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -32,6 +32,7 @@ import tarfile
 
 import numpy as np
 
+from keras_icckd.data.numpy_pipeline import model_inputs
 from keras_icckd.data.sources import (
     DataError, SPLITS, _balanced_indices, _CORRUPT, _hidden, _source_key, _write_cache, default_cache_dir,
     default_tfds_dir)
@@ -313,16 +314,7 @@ class ImageStream:
                 return tuple(self._augment(data, name, index, epoch_keys(e), views)), label, index, e
 
         def assemble(images, labels, index, e):
-            if views == 1 and not with_index and not sampler:
-                return images[0], labels
-            x = {"image": images[0]}
-            if views == 2:
-                x["view2"] = images[1]
-            if with_index:
-                x["index"] = index
-            if sampler:
-                x["contrast_index"] = sampler(index, e[0])
-            return x, labels
+            return model_inputs(images, labels, index if with_index else None, sampler(index, e[0]) if sampler else None)
 
         ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
