@@ -107,8 +107,8 @@ class ResNet(Backbone):
             for block in range(blocks):
                 stride = 2 if stage > 1 and block == 0 else 1
                 prefix = f"stage{stage}_block{block}"
-                pad = (lambda h, p=planes // 4, n=f"{prefix}_shortcut": OptionAShortcut(p, name=n)(h)) \
-                    if shortcut == "option_a" else None
+                pad = (lambda h: OptionAShortcut(planes // 4, name=f"{prefix}_shortcut")(h)) \
+                    if shortcut == "option_a" else None  # called at once, inside residual_block
                 pre, x = residual_block(x, planes, stride, prefix, shortcut=pad)
             feats.append(x)
             preacts.append(pre)

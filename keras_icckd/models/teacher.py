@@ -129,10 +129,7 @@ class ContrastiveTeacher(replicas.MultiWorkerFixes, keras.Model):
         # Under tf.distribute: the global batch of every replica (the negatives, the margin gate's
         # batch and the cache's writes are batch-wide), and one replica's share of the loss.
         labels = replicas.gather(ops.cast(ops.reshape(y, (-1,)), "int32"))
-        if isinstance(y_pred, dict):
-            y_pred = {key: replicas.gather(value) for key, value in y_pred.items()}
-        else:
-            y_pred = replicas.gather(y_pred)
+        y_pred = keras.tree.map_structure(replicas.gather, y_pred)
         logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
         ce = _cross_entropy(logits, labels)
         if isinstance(y_pred, dict) and self.ce_on_both_views:
