@@ -1,17 +1,19 @@
-"""experiments/run.py distilling a student (KD + CRD + DCD) from a teacher file in one process on
-one device and with --distribution=data_parallel in two processes on 127.0.0.1 (several hosts,
-simulated): the two processes resume the checkpoint that the one-process run wrote after its first
-epoch, both reading it, and end with every loss term of the one-process run; only process 0 writes
-the outputs.
+"""experiments/run.py in one process on one device and with --distribution=data_parallel in two
+processes on 127.0.0.1 (several hosts, simulated), with the same losses; only process 0 writes the
+outputs:
+- distilling a student (KD + CRD + DCD) from a teacher file: the two processes resume the checkpoint
+  that the one-process run wrote after its first epoch, both reading it;
+- training the ICC teacher (with its cache): a two-process run is killed after its first checkpoint
+  and started again in two processes.
 
 JAX: the one process has one device; each of the two processes (`--num_processes=2 --process_id
 --coordinator_address`) has 2 virtual CPU devices and reads its share of every batch (the NumPy
 input pipeline). TensorFlow: the one process runs MirroredStrategy on its CPU (one replica), the two
-processes MultiWorkerMirroredStrategy from a two-worker TF_CONFIG. Each session tests its backend;
-that a killed run resumes is tests/test_resume.py's."""
+processes MultiWorkerMirroredStrategy from a two-worker TF_CONFIG. Each session tests its backend."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +31,15 @@ FLAGS = ["--mode=student", "--student_arch=resnet8", "--objectives=kd:0.9,crd:0.
          "--synthetic_classes=3", "--synthetic_train_per_class=8", "--synthetic_test_per_class=4", "--batch_size=8",
          "--epochs=3", "--lr=0.01", "--lr_decay_epochs=2", "--diagnostic_examples=0", "--notensorboard"]
 OUTPUTS = ["checkpoint.npz", "curves.png", "metrics.json", "model.keras"]
+# The ICC teacher with its cache (every anchor past the margin): 24 training images in 6 steps per
+# epoch (several seconds between two checkpoints of a two-process run, time to kill it). At lr 0.01:
+# float rounding (summation order, BatchNorm's moments over two replicas) grows with every step at a
+# large learning rate, on 2 replicas in one process as in two processes (measured on TensorFlow after
+# 18 steps at lr 0.05: losses 3e-4 apart, weights 3e-2).
+TEACHER_FLAGS = ["--mode=teacher", "--arch=resnet8", "--dataset=synthetic", "--synthetic_classes=3",
+                 "--synthetic_train_per_class=8", "--synthetic_test_per_class=4", "--batch_size=4", "--epochs=3",
+                 "--lr=0.01", "--lr_decay_epochs=2", "--icc_cache_size=16", "--icc_delta=-1",
+                 "--diagnostic_examples=0", "--notensorboard"]
 
 
 def free_ports(count):
@@ -98,6 +109,29 @@ def copy_first_checkpoint(process, path, copy, timeout=500):
     return checkpoint_epoch(copy)
 
 
+def resume_in_two_processes(flags, reference, one, two, epoch, env):
+    """Runs `flags` in two processes into `two`, which holds a checkpoint after `epoch`, and waits
+    for them and for the one-process `reference` run into `one`; checks that both processes
+    resumed and only process 0 wrote; returns the metrics of (one, two)."""
+    resumed = two_processes(flags, two, env)
+    (out0, err0), (out1, err1) = (finish(p) for p in resumed)
+    finish(reference)
+    assert f"resuming {two} after epoch {epoch} of 3" in err0 and f"resuming {two} after epoch {epoch} of 3" in err1
+    assert "process 1: training done; process 0 writes the outputs" in out1 and "model:" not in out1
+    assert f"model:   {two}/model.keras" in out0
+    assert sorted(os.listdir(two)) == OUTPUTS == sorted(os.listdir(one))  # written once, no temp files left
+    assert checkpoint_epoch(os.path.join(two, "checkpoint.npz")) == 3
+    a, b = (json.load(open(os.path.join(d, "metrics.json"))) for d in (one, two))
+    assert b["flags"]["num_processes"] == 2 and [r["epoch"] for r in b["history"]] == [1, 2, 3]
+    return a, b
+
+
+def assert_same_losses(a, b, keys):
+    for key in keys:
+        np.testing.assert_allclose([r[key] for r in b["history"]], [r[key] for r in a["history"]], rtol=1e-4,
+                                   atol=1e-6, err_msg=key)
+
+
 def test_two_processes_resume_a_one_process_checkpoint_and_distil_like_one_process(tmp_path, jax_subprocess_env):
     teacher = str(tmp_path / "teacher.keras")  # untrained: its outputs are all the student needs here
     keras.utils.set_random_seed(0)
@@ -109,20 +143,35 @@ def test_two_processes_resume_a_one_process_checkpoint_and_distil_like_one_proce
     reference = one_process(flags, one, env)
     epoch = copy_first_checkpoint(reference, os.path.join(one, "checkpoint.npz"), os.path.join(two, "checkpoint.npz"))
     assert epoch in (1, 2), f"no checkpoint of an unfinished run to resume (epoch {epoch})"
-    resumed = two_processes(flags, two, env)
-    (out0, err0), (out1, err1) = (finish(p) for p in resumed)
-    finish(reference)
-    assert f"resuming {two} after epoch {epoch} of 3" in err0 and f"resuming {two} after epoch {epoch} of 3" in err1
-    assert "process 1: training done; process 0 writes the outputs" in out1 and "model:" not in out1
-    assert f"model:   {two}/model.keras" in out0
-    assert sorted(os.listdir(two)) == OUTPUTS == sorted(os.listdir(one))  # written once, no temp files left
-    a, b = (json.load(open(os.path.join(d, "metrics.json"))) for d in (one, two))
-    assert b["flags"]["num_processes"] == 2 and [r["epoch"] for r in b["history"]] == [1, 2, 3]
+    a, b = resume_in_two_processes(flags, reference, one, two, epoch, env)
     assert "teacher_test_top1" in a and "teacher_test_top1" not in b
     # The epochs after the checkpoint, trained in two processes: float rounding only (measured: within
     # 1e-6; two processes that read the same share of each batch, or a loss not divided by the
     # replicas, are off by 5e-3 or more).
-    for key in ("loss", "ce", "kd_loss", "crd_loss", "dcd_loss", "agreement", "test_loss"):
-        np.testing.assert_allclose([r[key] for r in b["history"]], [r[key] for r in a["history"]], rtol=1e-4,
-                                   atol=1e-6, err_msg=key)
-    assert checkpoint_epoch(os.path.join(two, "checkpoint.npz")) == 3
+    assert_same_losses(a, b, ("loss", "ce", "kd_loss", "crd_loss", "dcd_loss", "agreement", "test_loss"))
+
+
+def kill_all_after_first_checkpoint(processes, path, timeout=500):
+    """SIGKILLs every process as soon as the checkpoint at `path` records an epoch (the others would
+    wait in a collective for a lost one); returns that epoch (0: none before a process ended)."""
+    deadline = time.time() + timeout
+    while checkpoint_epoch(path) < 1 and all(p.poll() is None for p in processes) and time.time() < deadline:
+        time.sleep(0.05)
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+    for p in processes:
+        p.communicate()
+    return checkpoint_epoch(path)
+
+
+def test_killed_two_process_teacher_run_resumes_to_the_one_process_losses(tmp_path, jax_subprocess_env):
+    env = dict(os.environ, KERAS_BACKEND=backend(), TF_CPP_MIN_LOG_LEVEL="2", **jax_subprocess_env)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    reference = one_process(TEACHER_FLAGS, one, env)
+    epoch = kill_all_after_first_checkpoint(two_processes(TEACHER_FLAGS, two, env), os.path.join(two, "checkpoint.npz"))
+    assert epoch in (1, 2), f"no checkpoint of an unfinished run to resume (epoch {epoch})"
+    assert not {"metrics.json", "model.keras"} & set(os.listdir(two))
+    a, b = resume_in_two_processes(TEACHER_FLAGS, reference, one, two, epoch, env)
+    # Every epoch: the killed run's (restored from its checkpoint) and the resumed run's. The cache,
+    # the negatives and the intra-class term see the global batch in both processes.
+    assert_same_losses(a, b, ("loss", "ce", "intra", "negatives", "margin_pass", "test_loss"))
