@@ -115,7 +115,8 @@ flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs into output_dir/t
                   "skipped with a warning without it).")
 flags.DEFINE_enum("input_pipeline", "auto", ("auto", "tf_data", "numpy"),
                   "tf_data: tf.data (needs TensorFlow); numpy: keras.utils.PyDataset without TensorFlow (the "
-                  "same batches); auto: tf_data when TensorFlow can be imported, else numpy.")
+                  "same batches); auto: tf_data when TensorFlow can be imported, else numpy (numpy with "
+                  "--num_processes > 1 on JAX).")
 flags.DEFINE_string("model", None, "--mode=export: a .keras file (student, imported model, or a teacher: its backbone); "
                     "--mode=evaluate: the same, or a .tflite file from --mode=export.")
 flags.DEFINE_list("export_quantizations", ["float32", "float16", "int8"],
@@ -251,6 +252,15 @@ def validate_flags():
          "distribution", "data_parallel or model_parallel with --num_processes > 1 (the processes train one model)")
     need(FLAGS.num_processes == 1 or FLAGS.coordinator_address or keras.backend.backend() == "tensorflow",
          "coordinator_address", "host:port of process 0 when --num_processes > 1 on JAX (TensorFlow reads TF_CONFIG)")
+    # Keras splits a tf.data pipeline between JAX processes only when it knows the batch size, which
+    # these pipelines' batches do not state; the numpy pipeline reads each process's share itself.
+    jax_processes = FLAGS.num_processes > 1 and keras.backend.backend() == "jax"
+    need(not jax_processes or FLAGS.input_pipeline != "tf_data", "input_pipeline",
+         "auto or numpy with --num_processes > 1 on JAX (each process reads its share of every batch; Keras "
+         "cannot split the tf.data pipeline between JAX processes)")
+    need(not jax_processes or not FLAGS.stream, "stream",
+         "False with --num_processes > 1 on JAX (the streaming pipeline is tf.data, which Keras cannot split "
+         "between JAX processes; on TensorFlow, MultiWorkerMirroredStrategy streams in several processes)")
     need(FLAGS.icc_lambda >= 0, "icc_lambda", ">= 0")
     need(-1 <= FLAGS.icc_delta <= 1 or FLAGS.icc_margin_mode != "gate", "icc_delta",
          "in [-1, 1] with --icc_margin_mode=gate (a probability margin)")
@@ -561,8 +571,9 @@ def run(builder, factor):
                                             epochs=FLAGS.epochs, initial_epoch=initial_epoch, **run_["data_options"])
         test_ds, pipeline_name = splits.eval_dataset(FLAGS.eval_batch_size), "tf.data streaming"
     else:
-        pipeline = data.input_pipeline(FLAGS.input_pipeline)
-        # Keras shards tf.data per process itself; the NumPy pipeline yields this process's share.
+        several_jax = FLAGS.num_processes > 1 and keras.backend.backend() == "jax"  # see validate_flags
+        pipeline = data.input_pipeline("numpy" if several_jax else FLAGS.input_pipeline)
+        # TensorFlow's workers split tf.data through Keras; each JAX process reads its share (NumPy).
         shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} \
             if FLAGS.num_processes > 1 and pipeline.__name__.endswith("numpy_pipeline") else {}
         if shard and keras.distribution.distribution() is not None:

@@ -172,6 +172,20 @@ def test_model_parallel_and_the_coordinator_address_are_for_jax(files):
         "process 0 when --num_processes > 1 on JAX" in error, error
 
 
+def test_several_jax_processes_read_their_shares_with_the_numpy_pipeline(files, tmp_path):
+    """Keras cannot split this project's tf.data pipelines between JAX processes (their batch size
+    is not static): with several JAX processes the numpy pipeline is the one (auto picks it)."""
+    jax = keras.backend.backend() == "jax"
+    job = ["--distribution=data_parallel", "--num_processes=2", "--coordinator_address=127.0.0.1:1"]
+    error = validate([*job, "--input_pipeline=tf_data"], files)
+    assert error is None if not jax else "--input_pipeline='tf_data' is not allowed: expected auto or numpy with " \
+        "--num_processes > 1 on JAX" in error, error
+    error = validate([*job, "--dataset=folder", f"--data_dir={tmp_path}", "--stream"], files)
+    assert error is None if not jax else "--stream=True is not allowed: expected False with --num_processes > 1 " \
+        "on JAX" in error, error
+    assert validate([*job, "--input_pipeline=auto"], files) is None
+
+
 def test_a_flagfile_with_an_unknown_flag_is_refused(files, tmp_path):
     flagfile = tmp_path / "bad.flags"
     flagfile.write_text("--arch=resnet8\n--learning_rate=0.1\n")

@@ -4,11 +4,13 @@ outputs:
 - distilling a student (KD + CRD + DCD) from a teacher file: the two processes resume the checkpoint
   that the one-process run wrote after its first epoch, both reading it;
 - training the ICC teacher (with its cache): a two-process run is killed after its first checkpoint
-  and started again in two processes.
+  and started again in two processes;
+- TensorFlow only: the ICC teacher streaming its images from a folder (--stream, tf.data, split
+  between the workers by Keras); on JAX several processes refuse --stream (tests/test_bad_input.py).
 
 JAX: the one process has one device; each of the two processes (`--num_processes=2 --process_id
 --coordinator_address`) has 2 virtual CPU devices and reads its share of every batch (the NumPy
-input pipeline). TensorFlow: the one process runs MirroredStrategy on its CPU (one replica), the two
+input pipeline, which --input_pipeline=auto picks with several JAX processes). TensorFlow: the one process runs MirroredStrategy on its CPU (one replica), the two
 processes MultiWorkerMirroredStrategy from a two-worker TF_CONFIG. Each session tests its backend."""
 
 import json
@@ -82,8 +84,7 @@ def two_processes(flags, output_dir, env):
     if backend() == "jax":
         port = free_ports(1)[0]
         env = dict(env, XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
-        return [start([*common, "--input_pipeline=numpy", f"--coordinator_address=127.0.0.1:{port}",
-                       f"--process_id={i}"], env)
+        return [start([*common, f"--coordinator_address=127.0.0.1:{port}", f"--process_id={i}"], env)
                 for i in range(2)]
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     return [start([*common, f"--process_id={i}"],
@@ -175,3 +176,20 @@ def test_killed_two_process_teacher_run_resumes_to_the_one_process_losses(tmp_pa
     # Every epoch: the killed run's (restored from its checkpoint) and the resumed run's. The cache,
     # the negatives and the intra-class term see the global batch in both processes.
     assert_same_losses(a, b, ("loss", "ce", "intra", "negatives", "margin_pass", "test_loss"))
+
+
+def test_two_tensorflow_workers_stream_a_folder_like_one_process(tmp_path):
+    from test_streaming import image_files, write_tree
+
+    folder = write_tree(str(tmp_path / "images"), image_files(per_class=(8, 4)))  # 24 train / 12 test
+    flags = [*TEACHER_FLAGS, "--dataset=folder", f"--data_dir={folder}", "--stream", "--image_size=32", "--epochs=2",
+             "--lr_decay_epochs=1"]
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    reference = one_process(flags, one, env)
+    (out0, _), (out1, _) = (finish(p) for p in two_processes(flags, two, env))
+    finish(reference)
+    assert "process 1: training done; process 0 writes the outputs" in out1 and f"model:   {two}/model.keras" in out0
+    a, b = (json.load(open(os.path.join(d, "metrics.json"))) for d in (one, two))
+    assert a["flags"]["stream"] and b["flags"]["num_processes"] == 2 and len(b["history"]) == 2
+    assert_same_losses(a, b, ("loss", "ce", "intra", "negatives", "test_loss", "test_top1"))
