@@ -141,6 +141,16 @@ flags.DEFINE_float("evaluate_temperature", 4.0,
 flags.mark_flag_as_required("output_dir")
 
 
+def several_jax_processes():
+    """Whether this run spans several JAX processes. Keras splits a tf.data pipeline between JAX
+    processes only when it knows the batch size, which this project's pipelines do not state: there
+    the numpy pipeline reads each process's share itself (auto picks it; tf_data and --stream are
+    refused)."""
+    import keras
+
+    return FLAGS.num_processes > 1 and keras.backend.backend() == "jax"
+
+
 def validate_flags():
     """Checks every flag before any data is loaded or model built; raises app.UsageError."""
     try:
@@ -252,13 +262,10 @@ def validate_flags():
          "distribution", "data_parallel or model_parallel with --num_processes > 1 (the processes train one model)")
     need(FLAGS.num_processes == 1 or FLAGS.coordinator_address or keras.backend.backend() == "tensorflow",
          "coordinator_address", "host:port of process 0 when --num_processes > 1 on JAX (TensorFlow reads TF_CONFIG)")
-    # Keras splits a tf.data pipeline between JAX processes only when it knows the batch size, which
-    # these pipelines' batches do not state; the numpy pipeline reads each process's share itself.
-    jax_processes = FLAGS.num_processes > 1 and keras.backend.backend() == "jax"
-    need(not jax_processes or FLAGS.input_pipeline != "tf_data", "input_pipeline",
+    need(not several_jax_processes() or FLAGS.input_pipeline != "tf_data", "input_pipeline",
          "auto or numpy with --num_processes > 1 on JAX (each process reads its share of every batch; Keras "
          "cannot split the tf.data pipeline between JAX processes)")
-    need(not jax_processes or not FLAGS.stream, "stream",
+    need(not several_jax_processes() or not FLAGS.stream, "stream",
          "False with --num_processes > 1 on JAX (the streaming pipeline is tf.data, which Keras cannot split "
          "between JAX processes; on TensorFlow, MultiWorkerMirroredStrategy streams in several processes)")
     need(FLAGS.icc_lambda >= 0, "icc_lambda", ">= 0")
@@ -571,8 +578,7 @@ def run(builder, factor):
                                             epochs=FLAGS.epochs, initial_epoch=initial_epoch, **run_["data_options"])
         test_ds, pipeline_name = splits.eval_dataset(FLAGS.eval_batch_size), "tf.data streaming"
     else:
-        several_jax = FLAGS.num_processes > 1 and keras.backend.backend() == "jax"  # see validate_flags
-        pipeline = data.input_pipeline("numpy" if several_jax else FLAGS.input_pipeline)
+        pipeline = data.input_pipeline("numpy" if several_jax_processes() else FLAGS.input_pipeline)
         # TensorFlow's workers split tf.data through Keras; each JAX process reads its share (NumPy).
         shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} \
             if FLAGS.num_processes > 1 and pipeline.__name__.endswith("numpy_pipeline") else {}

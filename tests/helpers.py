@@ -131,11 +131,16 @@ def checkpoint_epoch(path):
         return 0
 
 
-def kill_after_first_checkpoint(process, path, timeout=500):
-    """SIGKILLs `process` as soon as the checkpoint at `path` records an epoch; returns that epoch."""
+def kill_after_first_checkpoint(processes, path, timeout=500):
+    """SIGKILLs `processes` (one Popen, or the list of a several-process run: the others would wait
+    in a collective for a lost one) as soon as the checkpoint at `path` records an epoch; returns
+    that epoch (0: none before a process ended)."""
+    processes = processes if isinstance(processes, list) else [processes]
     deadline = time.time() + timeout
-    while checkpoint_epoch(path) < 1 and process.poll() is None and time.time() < deadline:
+    while checkpoint_epoch(path) < 1 and all(p.poll() is None for p in processes) and time.time() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+    for p in processes:
+        p.communicate()
     return checkpoint_epoch(path)

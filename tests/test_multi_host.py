@@ -10,12 +10,12 @@ outputs:
 
 JAX: the one process has one device; each of the two processes (`--num_processes=2 --process_id
 --coordinator_address`) has 2 virtual CPU devices and reads its share of every batch (the NumPy
-input pipeline, which --input_pipeline=auto picks with several JAX processes). TensorFlow: the one process runs MirroredStrategy on its CPU (one replica), the two
-processes MultiWorkerMirroredStrategy from a two-worker TF_CONFIG. Each session tests its backend."""
+input pipeline, which --input_pipeline=auto picks with several JAX processes). TensorFlow: the one
+process runs MirroredStrategy on its CPU (one replica), the two processes MultiWorkerMirroredStrategy
+from a two-worker TF_CONFIG. Each session tests its backend."""
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +24,7 @@ import time
 import keras
 import numpy as np
 
-from helpers import REPO_ROOT, backend, checkpoint_epoch
+from helpers import REPO_ROOT, backend, checkpoint_epoch, kill_after_first_checkpoint
 from keras_icckd import backbones
 
 RUN = [sys.executable, os.path.join(REPO_ROOT, "experiments", "run.py")]
@@ -152,24 +152,11 @@ def test_two_processes_resume_a_one_process_checkpoint_and_distil_like_one_proce
     assert_same_losses(a, b, ("loss", "ce", "kd_loss", "crd_loss", "dcd_loss", "agreement", "test_loss"))
 
 
-def kill_all_after_first_checkpoint(processes, path, timeout=500):
-    """SIGKILLs every process as soon as the checkpoint at `path` records an epoch (the others would
-    wait in a collective for a lost one); returns that epoch (0: none before a process ended)."""
-    deadline = time.time() + timeout
-    while checkpoint_epoch(path) < 1 and all(p.poll() is None for p in processes) and time.time() < deadline:
-        time.sleep(0.05)
-    for p in processes:
-        p.send_signal(signal.SIGKILL)
-    for p in processes:
-        p.communicate()
-    return checkpoint_epoch(path)
-
-
 def test_killed_two_process_teacher_run_resumes_to_the_one_process_losses(tmp_path, jax_subprocess_env):
     env = dict(os.environ, KERAS_BACKEND=backend(), TF_CPP_MIN_LOG_LEVEL="2", **jax_subprocess_env)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     reference = one_process(TEACHER_FLAGS, one, env)
-    epoch = kill_all_after_first_checkpoint(two_processes(TEACHER_FLAGS, two, env), os.path.join(two, "checkpoint.npz"))
+    epoch = kill_after_first_checkpoint(two_processes(TEACHER_FLAGS, two, env), os.path.join(two, "checkpoint.npz"))
     assert epoch in (1, 2), f"no checkpoint of an unfinished run to resume (epoch {epoch})"
     assert not {"metrics.json", "model.keras"} & set(os.listdir(two))
     a, b = resume_in_two_processes(TEACHER_FLAGS, reference, one, two, epoch, env)
