@@ -6,10 +6,11 @@
 #
 # teachers: imports the published akamaster resnet20 (../shared/teachers), fine-tunes it on the full
 #   CIFAR-10 JPEG copy with CE and with CE + lambda * L_intra (experiments/flags/converged/ft_teacher.flags)
-#   for lambda in $LAMBDAS, and evaluates each teacher (--mode=evaluate, soft labels at T = 4).
+#   for lambda in $LAMBDAS, a second CE teacher with --seed=1, and evaluates each teacher (--mode=evaluate,
+#   soft labels at T = 4).
 # students: the resnet8 student flagfiles of experiments/flags/converged/ over seeds $SEEDS through
-#   experiments/sweep.py (alone, KD from each teacher, DKD, CRD, and KD + RKD from the ICC teacher
-#   named by $RKD_LAMBDA once that flagfile exists).
+#   experiments/sweep.py (alone; KD from each teacher, both CE teachers included; DKD; CRD; KD + RKD from
+#   the ICC teacher that rkd_icc.flags names).
 # scratch: resnet20 CE and ICC teachers from random initialisation (scratch_teacher.flags), then KD from each.
 # report: tables and the figure (experiments/converged_report.py).
 # Finished runs (here or committed under experiments/results/converged_cifar10) are reused and
@@ -52,13 +53,15 @@ if [[ " $stages " == *" teachers "* ]]; then
   for lambda in $lambdas; do
     once "$out/ft_teacher_lambda$lambda" --flagfile="$flags/ft_teacher.flags" --icc_lambda="$lambda"
   done
-  for lambda in $lambdas; do
-    once "$out/ft_teacher_lambda$lambda/evaluate" --mode=evaluate --model="$out/ft_teacher_lambda$lambda/model.keras" \
+  # a second CE teacher, fine-tuned with another seed: how far KD moves with the teacher alone
+  once "$out/ft_teacher_lambda0_seed1" --flagfile="$flags/ft_teacher.flags" --icc_lambda=0 --seed=1
+  for teacher in $(printf 'ft_teacher_lambda%s ' $lambdas) ft_teacher_lambda0_seed1; do
+    once "$out/$teacher/evaluate" --mode=evaluate --model="$out/$teacher/model.keras" \
       --dataset=folder --data_dir="$data"
   done
 fi
 if [[ " $stages " == *" students "* ]]; then
-  main=("$flags/kd_ce.flags")
+  main=("$flags/kd_ce.flags" "$flags/kd_ce_teacher2.flags")
   for lambda in $lambdas; do [[ $lambda == 0 ]] || main+=("$flags/kd_icc$lambda.flags"); done
   sweep "${main[@]}" "$flags/alone.flags" "$flags/dkd.flags" "$flags/crd.flags"
   if [[ -f "$flags/rkd_icc.flags" ]]; then sweep "$flags/rkd_icc.flags"; fi

@@ -35,12 +35,13 @@ flags.DEFINE_string("figure", os.path.join("experiments", "results", "converged_
 flags.DEFINE_string("summary", os.path.join(RESULTS, "summary.json"), "The numbers as JSON.")
 
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
-TEACHER = re.compile(r"^(ft|scratch)_teacher_lambda([0-9.]+)$")
+TEACHER = re.compile(r"^(ft|scratch)_teacher_lambda([0-9.]+?)(?:_seed(\d+))?$")
 STUDENT = re.compile(r"^(.+)_seed(\d+)$")
 # student setting -> (label, teacher folder); the order of the tables
 SETTINGS = {
     "alone": ("resnet8 alone (CE)", None),
     "kd_ce": ("KD from the CE teacher", "ft_teacher_lambda0"),
+    "kd_ce_teacher2": ("KD from a second CE teacher (fine-tuning seed 1)", "ft_teacher_lambda0_seed1"),
     "kd_icc0.01": ("KD from ICC lambda 0.01 (Ours)", "ft_teacher_lambda0.01"),
     "kd_icc0.05": ("KD from ICC lambda 0.05 (Ours)", "ft_teacher_lambda0.05"),
     "kd_icc0.1": ("KD from ICC lambda 0.1 (Ours)", "ft_teacher_lambda0.1"),
@@ -92,10 +93,11 @@ def teachers(results):
     rows = {}
     for path in sorted(glob.glob(os.path.join(results, "*teacher_lambda*", "metrics.json"))):
         name = os.path.basename(os.path.dirname(path))
-        kind, lam = TEACHER.match(name).groups()
+        kind, lam, seed = TEACHER.match(name).groups()
         m = read(path)
         last = m["history"][-1]
-        row = {"kind": kind, "lambda": float(lam), "epochs": len(m["history"]), "test_top1": m["test_top1"],
+        row = {"kind": kind, "lambda": float(lam), "epochs": len(m["history"]),
+               "seed": int(m.get("flags", {}).get("seed", seed or 0)), "test_top1": m["test_top1"],
                "best_test_top1": m["best_test_top1"], "intra_inter_ratio": last.get("intra_inter_ratio"),
                "margin_pass": last.get("margin_pass"), "wall_seconds": m["wall_seconds"]}
         evaluation = os.path.join(os.path.dirname(path), "evaluate", "metrics.json")
@@ -136,36 +138,90 @@ def students(results):
     return out
 
 
-def teacher_table(rows, kind):
-    lines = ["| teacher | lambda | epochs | test top-1 (%) | intra/inter ratio | anchors past margin | "
-             "ECE | entropy at T=4 | off-class mass at T=4 | within-class std of entropy | "
-             "within-class std of off-class mass |", "|" + "---|" * 11]
-    for name, r in sorted(rows.items(), key=lambda item: item[1]["lambda"]):
-        if r["kind"] != kind:
+def t_two_sided_p(t, df):
+    """Two-sided p-value of Student's t with an integer number of degrees of freedom (closed form)."""
+    if df < 1 or df != int(df):
+        raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
+    if np.isinf(t):
+        return 0.0
+    theta = np.arctan(abs(t) / np.sqrt(df))
+    c = np.cos(theta) ** 2
+    if df % 2:  # odd: 2/pi (theta + sin cos (1 + 2/3 c + 2*4/(3*5) c^2 + ...)), (df - 3) / 2 terms after 1
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= c * (2 * k) / (2 * k + 1)
+            total += term
+        a = 2 / np.pi * (theta + np.sin(theta) * np.cos(theta) * total)
+    else:  # even: sin (1 + 1/2 c + 1*3/(2*4) c^2 + ...), (df - 2) / 2 terms after 1
+        term, total = 1.0, 1.0
+        for k in range(1, df // 2):
+            term *= c * (2 * k - 1) / (2 * k)
+            total += term
+        a = np.sin(theta) * total
+    return float(max(0.0, 1.0 - a))
+
+
+def paired(groups, reference="kd_ce"):
+    """{setting: differences to `reference` over the seeds both have (last epoch), with a paired t-test}."""
+    if reference not in groups:
+        return {}
+    ref = dict(zip(groups[reference]["seeds"], groups[reference]["last"]))
+    out = {}
+    for setting, g in groups.items():
+        common = [(s, v - ref[s]) for s, v in zip(g["seeds"], g["last"]) if s in ref]
+        if setting == reference or len(common) < 2:
             continue
-        lines.append(
-            f"| {name} | {r['lambda']:g} | {r['epochs']} | {fmt(r['test_top1'])} | "
-            f"{fmt(r.get('eval_ratio') or r['intra_inter_ratio'], '.4f')} | {fmt(r['margin_pass'], '.3f')} | "
-            f"{fmt(r.get('ece'), '.4f')} | {fmt(r.get('entropy'), '.4f')} | {fmt(r.get('off_mass'), '.4f')} | "
-            f"{fmt(r.get('entropy_spread'), '.4f')} | {fmt(r.get('off_mass_spread'), '.4f')} |")
-    return "\n".join(lines)
+        diffs = np.array([d for _, d in common])
+        mean, std = float(diffs.mean()), float(diffs.std(ddof=1))
+        t = mean / (std / np.sqrt(len(diffs))) if std > 0 else float(np.sign(mean) * np.inf)
+        out[setting] = {"reference": reference, "seeds": [s for s, _ in common], "differences": diffs.tolist(),
+                        "mean": mean, "std": std, "t": float(t), "df": len(diffs) - 1,
+                        "p_two_sided": t_two_sided_p(t, len(diffs) - 1) if mean or std else 1.0}
+    return out
+
+
+def table(header, rows):
+    """A Markdown table: `header` and each of `rows` are lists of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def paired_table(comparisons, settings):
+    rows = []
+    for setting in (s for s in settings if s in comparisons):
+        c = comparisons[setting]
+        rows.append([SETTINGS.get(setting, (setting,))[0], ",".join(map(str, c["seeds"])),
+                     "; ".join(f"s{s}: {d:+.2f}" for s, d in zip(c["seeds"], c["differences"])),
+                     f"{c['mean']:+.2f}", f"{c['std']:.2f}", f"{c['t']:.2f}", f"{c['p_two_sided']:.3f}"])
+    return table(["setting", "seeds", "per seed: difference (points)", "mean difference", "sample std",
+                  "t (n - 1 d.f.)", "two-sided p"], rows)
+
+
+def teacher_table(rows, kind):
+    cells = []
+    for name, r in sorted(rows.items(), key=lambda item: (item[1]["lambda"], item[1]["seed"])):
+        if r["kind"] == kind:
+            cells.append([name, f"{r['lambda']:g}", r["seed"], r["epochs"], fmt(r["test_top1"]),
+                          fmt(r.get("eval_ratio") or r["intra_inter_ratio"], ".4f"), fmt(r["margin_pass"], ".3f")]
+                         + [fmt(r.get(key), ".4f") for key in ("ece", "entropy", "off_mass", "entropy_spread",
+                                                               "off_mass_spread")])
+    return table(["teacher", "lambda", "fine-tuning seed", "epochs", "test top-1 (%)", "intra/inter ratio",
+                  "anchors past margin", "ECE", "entropy at T=4", "off-class mass at T=4",
+                  "within-class std of entropy", "within-class std of off-class mass"], cells)
 
 
 def student_table(groups, settings):
-    lines = ["| setting | teacher (top-1 %) | seeds | last epoch top-1 (%) | best epoch top-1 (%) | "
-             "per seed: last / best (best epoch) |", "|" + "---|" * 6]
-    for setting in settings:
-        if setting not in groups:
-            continue
+    rows = []
+    for setting in (s for s in settings if s in groups):
         g = groups[setting]
-        label = SETTINGS.get(setting, (setting, None))[0]
-        teacher = f"{g['teacher']} ({fmt(g['teacher_test_top1'])})" if g["teacher"] else "-"
-        per_seed = "; ".join(f"s{s}: {fmt(l)} / {fmt(b)} ({e})"
-                             for s, l, b, e in zip(g["seeds"], g["last"], g["best"], g["best_epoch"]))
         (lm, ls), (bm, bs) = g["last_mean_std"], g["best_mean_std"]
-        lines.append(f"| {label} | {teacher} | {','.join(map(str, g['seeds']))} | {lm:.2f} +- {fmt(ls)} | "
-                     f"{bm:.2f} +- {fmt(bs)} | {per_seed} |")
-    return "\n".join(lines)
+        rows.append([SETTINGS.get(setting, (setting,))[0],
+                     f"{g['teacher']} ({fmt(g['teacher_test_top1'])})" if g["teacher"] else "-",
+                     ",".join(map(str, g["seeds"])), f"{lm:.2f} +- {fmt(ls)}", f"{bm:.2f} +- {fmt(bs)}",
+                     "; ".join(f"s{s}: {fmt(l)} / {fmt(b)} ({e})"
+                               for s, l, b, e in zip(g["seeds"], g["last"], g["best"], g["best_epoch"]))])
+    return table(["setting", "teacher (top-1 %)", "seeds", "last epoch top-1 (%)", "best epoch top-1 (%)",
+                  "per seed: last / best (best epoch)"], rows)
 
 
 def figure(rows, groups, path):
@@ -174,18 +230,25 @@ def figure(rows, groups, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ft = sorted((r for r in rows.values() if r["kind"] == "ft"), key=lambda r: r["lambda"])
+    ft = sorted((r for r in rows.values() if r["kind"] == "ft" and r["seed"] == 0), key=lambda r: r["lambda"])
     if not ft:
         return False
     lambdas = [r["lambda"] for r in ft]
     x = np.arange(len(lambdas))
+    # teachers fine-tuned with another seed: hollow markers beside their lambda
+    others = [(lambdas.index(r["lambda"]) + 0.15, r) for r in rows.values()
+              if r["kind"] == "ft" and r["seed"] != 0 and r["lambda"] in lambdas]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    panels = [("teacher test top-1 (%)", [r["test_top1"] for r in ft]),
-              ("teacher intra / inter-class distance", [r.get("eval_ratio") or r["intra_inter_ratio"] for r in ft]),
-              ("teacher soft-label entropy at T = 4 (nats)", [r.get("entropy") for r in ft])]
-    for ax, (label, values) in zip(axes, panels):
-        values = [np.nan if v is None else v for v in values]
-        ax.plot(x, values, marker="o")
+    measures = [("teacher test top-1 (%)", lambda r: r["test_top1"]),
+                ("teacher intra / inter-class distance", lambda r: r.get("eval_ratio") or r["intra_inter_ratio"]),
+                ("teacher soft-label entropy at T = 4 (nats)", lambda r: r.get("entropy"))]
+    for ax, (label, measure) in zip(axes, measures):
+        ax.plot(x, [np.nan if measure(r) is None else measure(r) for r in ft], marker="o", label="fine-tuning seed 0")
+        for i, (pos, r) in enumerate(others):
+            ax.plot([pos], [np.nan if measure(r) is None else measure(r)], marker="o", mfc="none", linestyle="",
+                    color="C1", label="another fine-tuning seed" if i == 0 else None)
+        if others:
+            ax.legend(fontsize=8)
         ax.set_ylabel(label)
     ax = axes[3]
     means, stds = [], []
@@ -194,6 +257,11 @@ def figure(rows, groups, path):
         means.append(g["last_mean_std"][0] if g else np.nan)
         stds.append(g["last_mean_std"][1] if g and len(g["seeds"]) > 1 else 0.0)
     ax.errorbar(x, means, yerr=stds, marker="o", capsize=4, label="KD from the teacher")
+    if "kd_ce_teacher2" in groups and 0.0 in lambdas:
+        g = groups["kd_ce_teacher2"]
+        ax.errorbar([lambdas.index(0.0) + 0.15], [g["last_mean_std"][0]],
+                    yerr=[g["last_mean_std"][1] if len(g["seeds"]) > 1 else 0.0], marker="o", mfc="none",
+                    linestyle="", capsize=4, color="C1", label="KD from a second CE teacher")
     for setting, style in (("alone", ":"), ("dkd", "--"), ("crd", "-.")):
         if setting in groups:
             ax.axhline(groups[setting]["last_mean_std"][0], linestyle=style, color="grey", label=setting.upper()
@@ -221,6 +289,7 @@ def main(argv):
         raise app.UsageError(f"--runs={FLAGS.runs!r} is not a folder")
     collect(FLAGS.runs, FLAGS.results_dir)
     rows, groups = teachers(FLAGS.results_dir), students(FLAGS.results_dir)
+    comparisons = paired(groups)
     imported = os.path.join(FLAGS.results_dir, "imported_resnet20", "metrics.json")
     parts = []
     if os.path.isfile(imported):
@@ -229,6 +298,8 @@ def main(argv):
     parts += ["### Teachers fine-tuned from the published resnet20", "", teacher_table(rows, "ft"), "",
               "### Students (resnet8), teachers fine-tuned from the published weights", "",
               student_table(groups, [s for s in SETTINGS if not s.startswith("kd_scratch")]), "",
+              "### Paired by seed against KD from the CE teacher (last epoch; difference = arm - KD from CE)",
+              "", paired_table(comparisons, [s for s in SETTINGS if not s.startswith("kd_scratch")]), "",
               "### From-scratch control: resnet20 teachers from random initialisation", "",
               teacher_table(rows, "scratch"), "",
               student_table(groups, ["kd_scratch_ce", "kd_scratch_icc"])]
@@ -249,7 +320,7 @@ def main(argv):
     from keras_icckd.training import atomic_write_json
 
     os.makedirs(os.path.dirname(FLAGS.summary), exist_ok=True)
-    atomic_write_json({"teachers": rows, "students": groups}, FLAGS.summary)
+    atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons}, FLAGS.summary)
     print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))
 
 

@@ -1,0 +1,102 @@
+"""experiments/converged_report.py: the paired test against tabulated values, and the report on fake runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
+import converged_report  # noqa: E402
+
+# Two-sided 5 % and 1 % critical values of Student's t (standard tables).
+CRITICAL = [(1, 12.706, 0.05), (2, 4.303, 0.05), (3, 3.182, 0.05), (4, 2.776, 0.05), (5, 2.571, 0.05),
+            (6, 2.447, 0.05), (10, 2.228, 0.05), (2, 9.925, 0.01), (5, 4.032, 0.01), (9, 3.250, 0.01)]
+
+
+@pytest.mark.parametrize("df,t,p", CRITICAL)
+def test_t_p_value_matches_tables(df, t, p):
+    assert converged_report.t_two_sided_p(t, df) == pytest.approx(p, rel=2e-3)
+    assert converged_report.t_two_sided_p(-t, df) == pytest.approx(p, rel=2e-3)
+
+
+def test_t_p_value_edges():
+    assert converged_report.t_two_sided_p(0.0, 2) == pytest.approx(1.0)
+    assert converged_report.t_two_sided_p(np.inf, 2) == 0.0
+    # df = 1 is the Cauchy distribution: P(|t| > 1) = 1/2.
+    assert converged_report.t_two_sided_p(1.0, 1) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        converged_report.t_two_sided_p(1.0, 0)
+
+
+def group(seeds, last):
+    return {"seeds": seeds, "last": last}
+
+
+def test_paired_differences_by_common_seed():
+    groups = {"kd_ce": group([0, 1, 2], [70.0, 71.0, 72.0]),
+              "kd_icc0.1": group([0, 1, 2, 3], [71.0, 71.5, 73.5, 99.0]),  # seed 3 has no partner
+              "dkd": group([0], [60.0])}  # one common seed: no test
+    out = converged_report.paired(groups)
+    assert set(out) == {"kd_icc0.1"}
+    c = out["kd_icc0.1"]
+    assert c["seeds"] == [0, 1, 2] and c["differences"] == pytest.approx([1.0, 0.5, 1.5])
+    # mean 1, sample std 0.5, t = 1 / (0.5 / sqrt 3) = 3.4641, 2 d.f.: p = 1 - t / sqrt(t^2 + 2)
+    assert c["mean"] == pytest.approx(1.0) and c["std"] == pytest.approx(0.5)
+    assert c["t"] == pytest.approx(2 * np.sqrt(3)) and c["df"] == 2
+    assert c["p_two_sided"] == pytest.approx(1 - 2 * np.sqrt(3) / np.sqrt(14))
+    assert converged_report.paired({"kd_icc0.1": groups["kd_icc0.1"]}) == {}
+
+
+def write(path, payload):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f)
+
+
+def teacher_metrics(top1, seed, ratio):
+    return {"history": [{"intra_inter_ratio": ratio, "margin_pass": 0.8}], "test_top1": top1,
+            "best_test_top1": top1, "wall_seconds": 1.0, "flags": {"seed": seed}}
+
+
+def student_metrics(top1, teacher):
+    return {"history": [{}, {}], "test_top1": top1, "best_test_top1": top1, "best_epoch": 2,
+            "wall_seconds": 1.0, "teacher": f"runs/{teacher}/model.keras", "teacher_test_top1": 87.0,
+            "objectives": "kd:0.9", "ce_weight": 0.1}
+
+
+def test_report_on_fake_runs(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for name, top1, seed, ratio in [("ft_teacher_lambda0", 87.0, 0, 0.6), ("ft_teacher_lambda0_seed1", 87.5, 1, 0.61),
+                                    ("ft_teacher_lambda0.1", 88.0, 0, 0.65)]:
+        write(str(runs / name / "metrics.json"), teacher_metrics(top1, seed, ratio))
+    for setting, teacher, values in [("kd_ce", "ft_teacher_lambda0", [70.0, 71.0, 72.0]),
+                                     ("kd_ce_teacher2", "ft_teacher_lambda0_seed1", [70.5, 70.5, 72.5]),
+                                     ("kd_icc0.1", "ft_teacher_lambda0.1", [71.0, 71.5, 73.5])]:
+        for seed, value in enumerate(values):
+            write(str(runs / "students" / f"{setting}_seed{seed}" / "metrics.json"), student_metrics(value, teacher))
+    markdown = tmp_path / "study.md"
+    markdown.write_text("# study\n<!-- tables:begin -->\nold\n<!-- tables:end -->\ntail\n")
+    figure, summary = tmp_path / "figure.png", tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "experiments", "converged_report.py"),
+                           f"--runs={runs}", f"--results_dir={results}", f"--markdown={markdown}",
+                           f"--figure={figure}", f"--summary={summary}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (results / "students" / "kd_ce_teacher2_seed2" / "metrics.json").is_file()  # copied for committing
+    text = markdown.read_text()
+    assert "old" not in text and text.endswith("<!-- tables:end -->\ntail\n")
+    assert "| ft_teacher_lambda0_seed1 | 0 | 1 | 1 | 87.50 | 0.6100 |" in text
+    assert "| KD from a second CE teacher (fine-tuning seed 1) | ft_teacher_lambda0_seed1 (87.00) | 0,1,2 | " \
+           "71.17 +- 1.15 |" in text
+    assert "| KD from ICC lambda 0.1 (Ours) | 0,1,2 | s0: +1.00; s1: +0.50; s2: +1.50 | +1.00 | 0.50 | 3.46 | 0.074 |" \
+           in text
+    assert "| KD from a second CE teacher (fine-tuning seed 1) | 0,1,2 | s0: +0.50; s1: -0.50; s2: +0.50 | +0.17 |" \
+           in text
+    paired = json.load(open(summary))["paired_against_kd_ce"]
+    assert set(paired) == {"kd_ce_teacher2", "kd_icc0.1"}
+    assert figure.stat().st_size > 10_000
