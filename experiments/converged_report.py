@@ -9,7 +9,9 @@ from that copy writes:
   (teachers: top-1, intra/inter-class ratio, soft-label statistics at T = 4; students: mean +-
   sample std over seeds of the last and the best epoch, every seed; the from-scratch control);
 - --figure: lambda on the x axis: teacher top-1, intra/inter ratio, soft-label entropy, and the
-  KD student's top-1 with error bars (one sample std over seeds), the CE-teacher arms as references;
+  KD student's top-1 with error bars (one sample std over seeds), the CE-teacher arms as references
+  (a teacher panel's y axis spans at least 2 % of its values; teachers of another fine-tuning seed
+  are hollow markers beside their lambda);
 - --summary: the same numbers as JSON.
 Run it with --runs pointing at the committed copy (the default) to rebuild the tables from it.
 """
@@ -250,6 +252,13 @@ def figure(rows, groups, path):
         if others:
             ax.legend(fontsize=8)
         ax.set_ylabel(label)
+        # at least 2 % of the value from bottom to top, so that differences of a few hundredths do not
+        # fill the panel
+        values = [v for v in (measure(r) for r in ft + [r for _, r in others]) if v is not None]
+        if values:
+            low, high = min(values), max(values)
+            pad = max(0.02 * abs(np.mean(values)) - (high - low), 0.0) / 2 + 0.1 * (high - low)
+            ax.set_ylim(low - pad, high + pad)
     ax = axes[3]
     means, stds = [], []
     for lam in lambdas:
