@@ -144,8 +144,8 @@ flags.mark_flag_as_required("output_dir")
 def several_jax_processes():
     """Whether this run spans several JAX processes. Keras splits a tf.data pipeline between JAX
     processes only when it knows the batch size, which this project's pipelines do not state: there
-    the numpy pipeline reads each process's share itself (auto picks it; tf_data and --stream are
-    refused)."""
+    each process reads its own share of every batch, from memory with the numpy pipeline (auto picks
+    it; tf_data is refused) or from the --stream (which decodes only that share)."""
     import keras
 
     return FLAGS.num_processes > 1 and keras.backend.backend() == "jax"
@@ -265,9 +265,6 @@ def validate_flags():
     need(not several_jax_processes() or FLAGS.input_pipeline != "tf_data", "input_pipeline",
          "auto or numpy with --num_processes > 1 on JAX (each process reads its share of every batch; Keras "
          "cannot split the tf.data pipeline between JAX processes)")
-    need(not several_jax_processes() or not FLAGS.stream, "stream",
-         "False with --num_processes > 1 on JAX (the streaming pipeline is tf.data, which Keras cannot split "
-         "between JAX processes; on TensorFlow, MultiWorkerMirroredStrategy streams in several processes)")
     need(FLAGS.icc_lambda >= 0, "icc_lambda", ">= 0")
     need(-1 <= FLAGS.icc_delta <= 1 or FLAGS.icc_margin_mode != "gate", "icc_delta",
          "in [-1, 1] with --icc_margin_mode=gate (a probability margin)")
@@ -572,18 +569,21 @@ def run(builder, factor):
     run_ = builder(splits, steps)
     model = run_["model"]
     train_ds = None
+    # TensorFlow's workers split tf.data through Keras; each JAX process reads its own share (the
+    # NumPy pipeline, or the stream) and Keras is told not to split it again.
+    pipeline = None if is_stream(splits) else data.input_pipeline(
+        "numpy" if several_jax_processes() else FLAGS.input_pipeline)
+    shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} if several_jax_processes() or (
+        FLAGS.num_processes > 1 and pipeline is not None and pipeline.__name__.endswith("numpy_pipeline")) else {}
+    if shard and keras.distribution.distribution() is not None:
+        keras.distribution.distribution().auto_shard_dataset = False
     if is_stream(splits):  # tf.data streaming; validate_flags refuses --stream with --input_pipeline=numpy
         if initial_epoch < FLAGS.epochs:
             train_ds = splits.train_dataset(FLAGS.batch_size, seed=FLAGS.seed, views=run_["views"],
-                                            epochs=FLAGS.epochs, initial_epoch=initial_epoch, **run_["data_options"])
-        test_ds, pipeline_name = splits.eval_dataset(FLAGS.eval_batch_size), "tf.data streaming"
+                                            epochs=FLAGS.epochs, initial_epoch=initial_epoch, **run_["data_options"],
+                                            **shard)
+        test_ds, pipeline_name = splits.eval_dataset(FLAGS.eval_batch_size, **shard), "tf.data streaming"
     else:
-        pipeline = data.input_pipeline("numpy" if several_jax_processes() else FLAGS.input_pipeline)
-        # TensorFlow's workers split tf.data through Keras; each JAX process reads its share (NumPy).
-        shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} \
-            if FLAGS.num_processes > 1 and pipeline.__name__.endswith("numpy_pipeline") else {}
-        if shard and keras.distribution.distribution() is not None:
-            keras.distribution.distribution().auto_shard_dataset = False  # each process reads its own share
         if initial_epoch < FLAGS.epochs:
             train_ds = pipeline.make_train_dataset(
                 splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,

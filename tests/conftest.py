@@ -58,7 +58,6 @@ ONE_BACKEND = {
     "tests/test_run.py::test_bad_student_inputs": "tensorflow",
     "tests/test_run.py::test_bad_init_model": "tensorflow",
     "tests/test_streaming.py": "tensorflow",  # tf.data whatever the Keras backend
-    "tests/test_multi_host.py::test_two_tensorflow_workers_stream_a_folder_like_one_process": "tensorflow",
     "tests/test_tinyimagenet.py::test_tinyimagenet_loads": "tensorflow",
     "tests/test_tinyimagenet.py::test_default_location": "tensorflow",
     "tests/test_tinyimagenet.py::test_resized": "tensorflow",

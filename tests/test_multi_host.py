@@ -5,12 +5,12 @@ outputs:
   that the one-process run wrote after its first epoch, both reading it;
 - training the ICC teacher (with its cache): a two-process run is killed after its first checkpoint
   and started again in two processes;
-- TensorFlow only: the ICC teacher streaming its images from a folder (--stream, tf.data, split
-  between the workers by Keras); on JAX several processes refuse --stream (tests/test_bad_input.py).
+- the ICC teacher streaming its images from a folder (--stream, tf.data): split between the
+  TensorFlow workers by Keras; each JAX process decodes only its share of every batch.
 
 JAX: the one process has one device; each of the two processes (`--num_processes=2 --process_id
 --coordinator_address`) has 2 virtual CPU devices and reads its share of every batch (the NumPy
-input pipeline, which --input_pipeline=auto picks with several JAX processes). TensorFlow: the one
+input pipeline, which --input_pipeline=auto picks with several JAX processes, or the stream). TensorFlow: the one
 process runs MirroredStrategy on its CPU (one replica), the two processes MultiWorkerMirroredStrategy
 from a two-worker TF_CONFIG. Each session tests its backend."""
 
@@ -165,13 +165,13 @@ def test_killed_two_process_teacher_run_resumes_to_the_one_process_losses(tmp_pa
     assert_same_losses(a, b, ("loss", "ce", "intra", "negatives", "margin_pass", "test_loss"))
 
 
-def test_two_tensorflow_workers_stream_a_folder_like_one_process(tmp_path):
+def test_two_processes_stream_a_folder_like_one_process(tmp_path, jax_subprocess_env):
     from test_streaming import image_files, write_tree
 
     folder = write_tree(str(tmp_path / "images"), image_files(per_class=(8, 4)))  # 24 train / 12 test
     flags = [*TEACHER_FLAGS, "--dataset=folder", f"--data_dir={folder}", "--stream", "--image_size=32", "--epochs=2",
              "--lr_decay_epochs=1"]
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, KERAS_BACKEND=backend(), TF_CPP_MIN_LOG_LEVEL="2", **jax_subprocess_env)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     reference = one_process(flags, one, env)
     (out0, _), (out1, _) = (finish(p) for p in two_processes(flags, two, env))

@@ -112,6 +112,41 @@ def test_determinism_per_seed_and_epoch_and_resume(sources):
             np.testing.assert_array_equal(x[key], xr[key])
 
 
+def flat(batch):
+    """{name: array} of one (x, y) batch, x an array or a dict of arrays."""
+    x, y = batch
+    return {"y": y, **({f"x/{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x})}
+
+
+def assert_shards_join(whole, shards):
+    """Batch by batch, the shards' batches concatenated (in process order) are the whole batch."""
+    assert all(len(s) == len(whole) for s in shards)
+    for i, batch in enumerate(whole):
+        parts = [flat(s[i]) for s in shards]
+        for name, value in flat(batch).items():
+            np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), value, err_msg=f"{i} {name}")
+
+
+def test_each_process_decodes_its_share_of_every_batch(sources):
+    stream = open_stream(sources)
+    kwargs = dict(seed=3, views=2, epochs=2, with_index=True, contrast_negatives=3)
+    whole = batches(stream.train_dataset(6, **kwargs))
+    shards = [batches(stream.train_dataset(6, shard=(i, 3), **kwargs)) for i in range(3)]
+    assert len(whole) == 4 and shards[0][0][0]["image"].shape == (2, SIZE, SIZE, 3)
+    assert_shards_join(whole, shards)
+    resumed = batches(stream.train_dataset(6, shard=(1, 3), initial_epoch=1, **kwargs))
+    assert_shards_join(shards[1][2:], [resumed])
+    # evaluation: 6 images in batches of 4 and 2, each split in two
+    whole = batches(stream.eval_dataset(4))
+    shards = [batches(stream.eval_dataset(4, shard=(i, 2))) for i in range(2)]
+    assert [len(y) for _, y in shards[1]] == [2, 1]
+    assert_shards_join(whole, shards)
+    with pytest.raises(DataError, match="do not split evenly"):
+        stream.eval_dataset(4, shard=(0, 4))
+    with pytest.raises(DataError, match="multiple of count"):
+        stream.train_dataset(5, seed=0, shard=(0, 2))
+
+
 def test_tar_archive_streams_like_the_folder(sources):
     folder, archive = open_stream(sources), open_stream(sources, "tar")
     assert archive.class_names == folder.class_names and archive.name == "imagenet"
@@ -235,6 +270,13 @@ def test_tfds_stream_of_variable_size_images(tmp_path_factory):
     for (x, _), (xr, _) in zip(full[3:], resumed):
         np.testing.assert_array_equal(x["view2"], xr["view2"])
     assert stream.eval_arrays()[0].shape == (4, SIZE, SIZE, 3)
+    # two processes: each decodes its half of every batch of 4 (the shuffled windows as above)
+    whole = batches(stream.train_dataset(4, seed=0, views=2, epochs=2, with_index=True))
+    assert_shards_join(whole, [batches(stream.train_dataset(4, seed=0, views=2, epochs=2, with_index=True,
+                                                            shard=(i, 2))) for i in range(2)])
+    assert_shards_join(batches(stream.eval_dataset(3)),
+                       [batches(stream.eval_dataset(3, shard=(i, 1))) for i in range(1)])
+    assert_shards_join(batches(stream.eval_dataset(2)), [batches(stream.eval_dataset(2, shard=(i, 2))) for i in range(2)])
     with pytest.raises(DataError, match="contrast_negatives .* needs every training label"):
         stream.train_dataset(3, seed=0, contrast_negatives=2)
     with pytest.raises(DataError, match="subset needs every label"):

@@ -303,11 +303,7 @@ class TrainDataset(_Prefetching):
 
     def batch(self, g):
         epoch, step = self.initial_epoch + g // self.steps, g % self.steps
-        index = self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
-        if self.shard is not None:  # this process's share of the global batch
-            part, parts = self.shard
-            share = len(index) // parts
-            index = index[part * share:(part + 1) * share]
+        index = share_of(self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size], self.shard)
         pixels = self.images[index]
         out = [normalize(crop_flip(pixels, crop_flip_params(self.seed, epoch, index, v)) if self.augment
                          else pixels, self.mean, self.std) for v in range(self.views)]
@@ -324,15 +320,13 @@ class EvalDataset(_Prefetching):
         super().__init__(steps_per_epoch(len(images), batch_size, drop_remainder=False), threads, prefetch)
 
     def batch(self, i):
-        index = np.arange(i * self.batch_size, min((i + 1) * self.batch_size, len(self.images)))
-        if self.shard is not None:
-            part, parts = self.shard
-            share = len(index) // parts
-            index = index[part * share:(part + 1) * share]
+        index = share_of(np.arange(i * self.batch_size, min((i + 1) * self.batch_size, len(self.images))), self.shard)
         return normalize(self.images[index], self.mean, self.std), self.labels[index]
 
 
-def _check_shard(shard, batch_size):
+def check_shard(shard, batch_size):
+    """`shard` as (process index, process count), or None; raises ValueError unless every full
+    batch of `batch_size` splits evenly into count shares."""
     if shard is None:
         return None
     part, parts = shard
@@ -341,6 +335,36 @@ def _check_shard(shard, batch_size):
         raise ValueError(f"shard must be (index, count) with 0 <= index < count and batch_size "
                          f"({batch_size}) a multiple of count, got {shard!r}")
     return part, parts
+
+
+def share_of(batch, shard):
+    """This process's contiguous share of one global `batch` (a sequence): all of it when `shard`
+    is None, else the part-th of count equal slices.
+
+    Example:
+        >>> share_of(np.arange(6), (1, 3)), share_of(np.arange(6), None)
+        (array([2, 3]), array([0, 1, 2, 3, 4, 5]))
+    """
+    if shard is None:
+        return batch
+    part, parts = shard
+    share = len(batch) // parts
+    return batch[part * share:(part + 1) * share]
+
+
+def shard_mask(n, batch_size, shard):
+    """bool (n,): which of n samples, batched `batch_size` at a time in order (the last batch
+    partial), fall in this process's `share_of` their batch.
+
+    Example:
+        >>> shard_mask(10, 4, (0, 2)).astype(int)
+        array([1, 1, 0, 0, 1, 1, 0, 0, 1, 0])
+    """
+    part, parts = check_shard(shard, batch_size)
+    position = np.arange(n)
+    start = position // batch_size * batch_size
+    share = np.minimum(batch_size, n - start) // parts
+    return (position - start >= part * share) & (position - start < (part + 1) * share)
 
 
 def make_train_dataset(images, labels, batch_size, *, seed, mean, std, views=1, augment=True, epochs=1,
@@ -377,7 +401,7 @@ def make_train_dataset(images, labels, batch_size, *, seed, mean, std, views=1, 
     sampler = OtherClassSampler(labels, contrast_negatives, seed) if contrast_negatives else None
     return TrainDataset(images, labels, batch_size, seed=seed, mean=tuple(mean), std=tuple(std), views=views,
                         augment=augment, epochs=epochs, initial_epoch=initial_epoch, with_index=with_index,
-                        sampler=sampler, drop_remainder=drop_remainder, shard=_check_shard(shard, batch_size),
+                        sampler=sampler, drop_remainder=drop_remainder, shard=check_shard(shard, batch_size),
                         threads=_default_threads() if threads is None else threads, prefetch=prefetch)
 
 
@@ -400,7 +424,7 @@ def make_eval_dataset(images, labels, batch_size, *, mean, std, shard=None, thre
         [2, 2, 1]
     """
     images, labels = check_arrays(images, labels, batch_size, mean, std, training=False)
-    shard = _check_shard(shard, batch_size)
+    shard = check_shard(shard, batch_size)
     if shard is not None and len(images) % shard[1]:
         raise ValueError(f"shard {shard!r}: the {len(images)} evaluation images do not split evenly")
     return EvalDataset(images, labels, batch_size, mean=tuple(mean), std=tuple(std), shard=shard,

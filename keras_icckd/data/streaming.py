@@ -32,7 +32,7 @@ import tarfile
 
 import numpy as np
 
-from keras_icckd.data.numpy_pipeline import model_inputs
+from keras_icckd.data.numpy_pipeline import model_inputs, shard_mask
 from keras_icckd.data.sources import (
     DataError, SPLITS, _balanced_indices, _CORRUPT, _hidden, _source_key, _write_cache, default_cache_dir,
     default_tfds_dir)
@@ -256,7 +256,7 @@ class ImageStream:
     # ------------------------------------------------------------------------- pipelines
 
     def train_dataset(self, batch_size, *, seed, views=1, epochs=1, initial_epoch=0, with_index=False,
-                      contrast_negatives=0, drop_remainder=True):
+                      contrast_negatives=0, drop_remainder=True, shard=None):
         """The training dataset for epochs `initial_epoch`..`epochs - 1`, back to back.
 
         Same arguments, outputs and batching as `keras_icckd.data.make_train_dataset` (batches never
@@ -273,6 +273,9 @@ class ImageStream:
             contrast_negatives: K > 0 adds "contrast_index" (CRD's negatives, as in
                 `make_train_dataset`); needs the training labels (not available for TFDS).
             drop_remainder: drop each epoch's last partial batch.
+            shard: None, or (process index, process count): `batch_size` is the global batch, of
+                which this process reads and decodes only its contiguous share (as the NumPy
+                pipeline's `shard`; several JAX processes, whose Keras does not split tf.data).
         """
         import tensorflow as tf
 
@@ -282,6 +285,7 @@ class ImageStream:
         sampler = _OtherClassSampler(self.train_labels, contrast_negatives, seed) if contrast_negatives else None
         n, seed_t = self.num_train, tf.constant(int(seed), tf.int64)
         kept = n // batch_size * batch_size if drop_remainder else n  # so that batches never straddle epochs
+        mine = self._shard(kept, batch_size, shard)
         samples = self._reader.samples("train", self._train)
 
         def epoch_keys(e):
@@ -291,7 +295,8 @@ class ImageStream:
             def epoch(e):
                 order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int32), seed=epoch_keys(e),
                                                                  alg=_ALG)
-                return tf.data.Dataset.from_tensor_slices((order[:kept], tf.fill([kept], e)))
+                order = order[:kept] if mine is None else tf.boolean_mask(order[:kept], mine)
+                return tf.data.Dataset.from_tensor_slices((order, tf.fill(tf.shape(order), e)))
 
             def load(index, e):
                 data, label, name = samples(index)
@@ -306,8 +311,10 @@ class ImageStream:
                                                                      alg=_ALG)
                     return tuple(tf.gather(t, order) for t in batch)
 
-                windows = samples.take(kept).batch(window).enumerate().map(shuffle)
-                return windows.unbatch().map(lambda index, data, label: (index, data, label, e))
+                windows = samples.take(kept).batch(window).enumerate().map(shuffle).unbatch()
+                if mine is not None:  # positions in the shuffled epoch, kept before decoding
+                    windows = windows.enumerate().filter(lambda i, sample: tf.gather(mine, i)).map(lambda i, x: x)
+                return windows.map(lambda index, data, label: (index, data, label, e))
 
             def load(index, data, label, e):
                 name = tf.strings.format("{} example {}", (self.name, index))
@@ -318,15 +325,18 @@ class ImageStream:
 
         ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(assemble, num_parallel_calls=tf.data.AUTOTUNE)
+        local = batch_size if shard is None else batch_size // shard[1]
+        ds = ds.batch(local, drop_remainder=drop_remainder).map(assemble, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    def eval_dataset(self, batch_size, split="test"):
+    def eval_dataset(self, batch_size, split="test", shard=None):
         """The evaluation dataset: in order, resize + centre crop, normalised, last partial batch kept.
 
         Args:
             batch_size: samples per batch.
             split: "test" (the evaluation split) or "train" (training images, evaluation transform).
+            shard: None, or (process index, process count): this process's share of every batch,
+                as in `train_dataset`; every batch, the last one included, must split evenly.
         """
         import tensorflow as tf
 
@@ -335,19 +345,37 @@ class ImageStream:
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         data = self._train if split == "train" else self._test
+        count = self.num_train if split == "train" else self.num_test
+        if shard is not None and count % shard[1]:
+            raise DataError(f"shard {shard!r}: the {count} {split} images do not split evenly")
+        mine = self._shard(count, batch_size, shard)
         samples = self._reader.samples(split, data)
 
         def center(raw, label, name):
             return self._center(raw, name), label
 
         if data is not None:
-            ds = tf.data.Dataset.range(len(data.labels)).map(lambda i: center(*samples(tf.cast(i, tf.int32))),
-                                                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            indices = tf.range(count) if mine is None else tf.boolean_mask(tf.range(count), mine)
+            ds = tf.data.Dataset.from_tensor_slices(indices).map(lambda i: center(*samples(i)),
+                                                                 num_parallel_calls=tf.data.AUTOTUNE,
+                                                                 deterministic=True)
         else:
+            if mine is not None:
+                samples = samples.enumerate().filter(lambda i, sample: tf.gather(mine, i)).map(lambda i, x: x)
             ds = samples.map(
                 lambda index, raw, label: center(raw, label, tf.strings.format("{} example {}", (self.name, index))),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(batch_size if shard is None else batch_size // shard[1]).prefetch(tf.data.AUTOTUNE)
+
+    @staticmethod
+    def _shard(n, batch_size, shard):
+        """None, or a bool tensor (n,) of the positions this process keeps (`numpy_pipeline.shard_mask`)."""
+        import tensorflow as tf
+
+        try:
+            return None if shard is None else tf.constant(shard_mask(n, batch_size, shard))
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
     def eval_arrays(self, split="test", batch_size=64):
         """(float32 images (N, S, S, 3) normalised, int32 labels) of a whole split, evaluation transform.
