@@ -188,6 +188,13 @@ def table(header, rows):
     return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
+def mean_of(groups, settings):
+    """A group whose value per seed is the mean of `settings`' values, over the seeds they all have."""
+    values = [dict(zip(groups[s]["seeds"], groups[s]["last"])) for s in settings if s in groups]
+    seeds = sorted(set.intersection(*(set(v) for v in values))) if len(values) == len(settings) else []
+    return {"seeds": seeds, "last": [float(np.mean([v[s] for v in values])) for s in seeds]}
+
+
 def paired_table(comparisons, settings):
     rows = []
     for setting in (s for s in settings if s in comparisons):
@@ -299,6 +306,9 @@ def main(argv):
     collect(FLAGS.runs, FLAGS.results_dir)
     rows, groups = teachers(FLAGS.results_dir), students(FLAGS.results_dir)
     comparisons = paired(groups)
+    # the ICC arms against both CE teachers at once: per seed, the mean of KD from each
+    ce_both = paired({**groups, "kd_ce_both": mean_of(groups, ("kd_ce", "kd_ce_teacher2"))}, "kd_ce_both")
+    icc = [s for s in SETTINGS if s.startswith("kd_icc")] + ["rkd_icc"]
     imported = os.path.join(FLAGS.results_dir, "imported_resnet20", "metrics.json")
     parts = []
     if os.path.isfile(imported):
@@ -309,6 +319,8 @@ def main(argv):
               student_table(groups, [s for s in SETTINGS if not s.startswith("kd_scratch")]), "",
               "### Paired by seed against KD from the CE teacher (last epoch; difference = arm - KD from CE)",
               "", paired_table(comparisons, [s for s in SETTINGS if not s.startswith("kd_scratch")]), "",
+              "### Paired by seed against both CE teachers (difference = arm - mean of KD from the two CE "
+              "teachers, same seed)", "", paired_table(ce_both, icc), "",
               "### From-scratch control: resnet20 teachers from random initialisation", "",
               teacher_table(rows, "scratch"), "",
               student_table(groups, ["kd_scratch_ce", "kd_scratch_icc"])]
@@ -329,7 +341,9 @@ def main(argv):
     from keras_icckd.training import atomic_write_json
 
     os.makedirs(os.path.dirname(FLAGS.summary), exist_ok=True)
-    atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons}, FLAGS.summary)
+    atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons,
+                       "paired_against_both_ce_teachers": {k: v for k, v in ce_both.items() if k in icc}},
+                      FLAGS.summary)
     print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))
 
 

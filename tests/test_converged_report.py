@@ -37,6 +37,12 @@ def group(seeds, last):
     return {"seeds": seeds, "last": last}
 
 
+def test_mean_of_settings_per_common_seed():
+    groups = {"a": group([0, 1, 2], [1.0, 2.0, 3.0]), "b": group([1, 2, 3], [4.0, 6.0, 8.0])}
+    assert converged_report.mean_of(groups, ("a", "b")) == {"seeds": [1, 2], "last": [3.0, 4.5]}
+    assert converged_report.mean_of(groups, ("a", "missing")) == {"seeds": [], "last": []}
+
+
 def test_paired_differences_by_common_seed():
     groups = {"kd_ce": group([0, 1, 2], [70.0, 71.0, 72.0]),
               "kd_icc0.1": group([0, 1, 2, 3], [71.0, 71.5, 73.5, 99.0]),  # seed 3 has no partner
@@ -97,6 +103,10 @@ def test_report_on_fake_runs(tmp_path):
            in text
     assert "| KD from a second CE teacher (fine-tuning seed 1) | 0,1,2 | s0: +0.50; s1: -0.50; s2: +0.50 | +0.17 |" \
            in text
-    paired = json.load(open(summary))["paired_against_kd_ce"]
-    assert set(paired) == {"kd_ce_teacher2", "kd_icc0.1"}
+    # against the mean of the two CE arms per seed (70.25, 70.75, 72.25): +0.75, +0.75, +1.25, t = 5.5
+    assert "| KD from ICC lambda 0.1 (Ours) | 0,1,2 | s0: +0.75; s1: +0.75; s2: +1.25 | +0.92 | 0.29 | 5.50 | 0.032 |" \
+        in text.split("against both CE teachers")[1]
+    numbers = json.load(open(summary))
+    assert set(numbers["paired_against_kd_ce"]) == {"kd_ce_teacher2", "kd_icc0.1"}
+    assert set(numbers["paired_against_both_ce_teachers"]) == {"kd_icc0.1"}
     assert figure.stat().st_size > 10_000
