@@ -124,6 +124,19 @@ def test_bad_distribution_arguments():
         distribution.check_even_split({"--batch_size": 8, "--eval_batch_size": 6}, 4)
 
 
+def test_a_model_axis_may_not_span_processes(monkeypatch):
+    """JAX only (tests/conftest.py): TensorFlow refuses model_parallel (above)."""
+    import jax
+
+    monkeypatch.setattr(keras.distribution, "list_devices", lambda: ["cpu:0", "cpu:1", "cpu:2", "cpu:3"])
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "local_device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"model_parallel_size=4 must divide the 2 devices of each process "
+                                         r"\(--num_processes=2: a model axis may not span processes\)"):
+        distribution.configure("model_parallel", model_parallel_size=4)
+    assert keras.distribution.distribution() is None  # refused before anything was set
+
+
 def test_one_replica_changes_nothing_and_doctests():
     import doctest
 

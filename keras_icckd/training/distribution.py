@@ -123,6 +123,14 @@ def configure(kind, model_parallel_size=1):
     m = int(model_parallel_size)
     if m < 1 or len(devices) % m:
         raise ValueError(f"model_parallel_size={model_parallel_size} must divide the {len(devices)} devices")
+    import jax
+
+    if jax.process_count() > 1 and jax.local_device_count() % m:
+        # The mesh's rows are consecutive devices, each process's together: a model axis wider than
+        # one process's devices would put several processes on one row, which must then read the
+        # same data, while every process reads its own share of the batch.
+        raise ValueError(f"model_parallel_size={m} must divide the {jax.local_device_count()} devices of each "
+                         f"process (--num_processes={jax.process_count()}: a model axis may not span processes)")
     mesh = keras.distribution.DeviceMesh((len(devices) // m, m), ("batch", "model"), devices)
     layout = keras.distribution.LayoutMap(mesh)
     layout[r".*_conv/kernel"] = (None, None, None, "model")  # (kh, kw, in, out): split out-channels
