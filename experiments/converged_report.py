@@ -17,6 +17,7 @@ Run it with --runs pointing at the committed copy (the default) to rebuild the t
 """
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -195,6 +196,30 @@ def mean_of(groups, settings):
     return {"seeds": seeds, "last": [float(np.mean([v[s] for v in values])) for s in seeds]}
 
 
+def rank_test(low, high):
+    """Mann-Whitney U of `high` over `low` (pairs with high > low, ties counting 1/2) and its exact
+    one-sided p-value: the share of all ways to split the pooled values into groups of these sizes
+    whose U is at least as large (no normal approximation: a handful of teachers)."""
+    pooled, k = list(low) + list(high), len(high)
+
+    def u(chosen):
+        rest = [pooled[i] for i in range(len(pooled)) if i not in chosen]
+        return sum((pooled[i] > r) + 0.5 * (pooled[i] == r) for i in chosen for r in rest)
+
+    observed = u(set(range(len(low), len(pooled))))
+    splits = [u(set(c)) for c in itertools.combinations(range(len(pooled)), k)]
+    return {"u": observed, "u_max": len(low) * k, "p_one_sided": sum(x >= observed for x in splits) / len(splits)}
+
+
+def teacher_level(groups, ce, icc):
+    """KD mean per teacher (the unit that the intra-class term changes): ICC teachers against CE teachers."""
+    means = {s: groups[s]["last_mean_std"][0] for s in ce + icc if s in groups}
+    low, high = [means[s] for s in ce if s in means], [means[s] for s in icc if s in means]
+    if not low or not high:
+        return None
+    return {"kd_mean_per_teacher": means, **rank_test(low, high)}
+
+
 def paired_table(comparisons, settings):
     rows = []
     for setting in (s for s in settings if s in comparisons):
@@ -309,6 +334,7 @@ def main(argv):
     # the ICC arms against both CE teachers at once: per seed, the mean of KD from each
     ce_both = paired({**groups, "kd_ce_both": mean_of(groups, ("kd_ce", "kd_ce_teacher2"))}, "kd_ce_both")
     icc = [s for s in SETTINGS if s.startswith("kd_icc")] + ["rkd_icc"]
+    level = teacher_level(groups, ["kd_ce", "kd_ce_teacher2"], [s for s in icc if s.startswith("kd_icc")])
     imported = os.path.join(FLAGS.results_dir, "imported_resnet20", "metrics.json")
     parts = []
     if os.path.isfile(imported):
@@ -321,6 +347,11 @@ def main(argv):
               "", paired_table(comparisons, [s for s in SETTINGS if not s.startswith("kd_scratch")]), "",
               "### Paired by seed against both CE teachers (difference = arm - mean of KD from the two CE "
               "teachers, same seed)", "", paired_table(ce_both, icc), "",
+              "Teacher level (one value per teacher: its KD students' mean; KD arms only): " + (
+                  "; ".join(f"{SETTINGS[k][0]} {v:.2f}" for k, v in level["kd_mean_per_teacher"].items())
+                  + f". Mann-Whitney U of the ICC teachers over the CE teachers {level['u']:g} of {level['u_max']}, "
+                  f"exact one-sided p = {level['p_one_sided']:.3f}." if level else "not yet (needs both kinds)."),
+              "",
               "### From-scratch control: resnet20 teachers from random initialisation", "",
               teacher_table(rows, "scratch"), "",
               student_table(groups, ["kd_scratch_ce", "kd_scratch_icc"])]
@@ -342,7 +373,8 @@ def main(argv):
 
     os.makedirs(os.path.dirname(FLAGS.summary), exist_ok=True)
     atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons,
-                       "paired_against_both_ce_teachers": {k: v for k, v in ce_both.items() if k in icc}},
+                       "paired_against_both_ce_teachers": {k: v for k, v in ce_both.items() if k in icc},
+                       "teacher_level": level},
                       FLAGS.summary)
     print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))
 

@@ -37,6 +37,18 @@ def group(seeds, last):
     return {"seeds": seeds, "last": last}
 
 
+def test_rank_test_exact_by_hand():
+    # every high above every low: U = 6 of 6, one split of C(5, 3) = 10 reaches it
+    assert converged_report.rank_test([1.0, 2.0], [3.0, 4.0, 5.0]) == {"u": 6, "u_max": 6, "p_one_sided": 0.1}
+    # high = {2, 4} over low = {1, 3}: U = 1 + 2 = 3. The C(4, 2) = 6 splits' U: {3, 4} 4, {2, 4} 3,
+    # {1, 4} 2, {2, 3} 2, {1, 3} 1, {1, 2} 0: two reach 3
+    out = converged_report.rank_test([1.0, 3.0], [2.0, 4.0])
+    assert out["u"] == 3 and out["p_one_sided"] == pytest.approx(2 / 6)
+    # ties count one half
+    assert converged_report.rank_test([1.0], [1.0])["u"] == 0.5
+    assert converged_report.rank_test([5.0], [1.0]) == {"u": 0, "u_max": 1, "p_one_sided": 1.0}
+
+
 def test_mean_of_settings_per_common_seed():
     groups = {"a": group([0, 1, 2], [1.0, 2.0, 3.0]), "b": group([1, 2, 3], [4.0, 6.0, 8.0])}
     assert converged_report.mean_of(groups, ("a", "b")) == {"seeds": [1, 2], "last": [3.0, 4.5]}
@@ -106,7 +118,10 @@ def test_report_on_fake_runs(tmp_path):
     # against the mean of the two CE arms per seed (70.25, 70.75, 72.25): +0.75, +0.75, +1.25, t = 5.5
     assert "| KD from ICC lambda 0.1 (Ours) | 0,1,2 | s0: +0.75; s1: +0.75; s2: +1.25 | +0.92 | 0.29 | 5.50 | 0.032 |" \
         in text.split("against both CE teachers")[1]
+    # teacher level: CE 71.00, 71.17 against ICC 72.00: U = 2 of 2, one split of C(3, 1) = 3
+    assert "exact one-sided p = 0.333." in text
     numbers = json.load(open(summary))
+    assert numbers["teacher_level"]["u"] == 2
     assert set(numbers["paired_against_kd_ce"]) == {"kd_ce_teacher2", "kd_icc0.1"}
     assert set(numbers["paired_against_both_ce_teachers"]) == {"kd_icc0.1"}
     assert figure.stat().st_size > 10_000
