@@ -277,16 +277,17 @@ def figure(rows, groups, path):
                 ("teacher intra / inter-class distance", lambda r: r.get("eval_ratio") or r["intra_inter_ratio"]),
                 ("teacher soft-label entropy at T = 4 (nats)", lambda r: r.get("entropy"))]
     for ax, (label, measure) in zip(axes, measures):
-        ax.plot(x, [np.nan if measure(r) is None else measure(r) for r in ft], marker="o", label="fine-tuning seed 0")
+        ys = {id(r): np.nan if measure(r) is None else measure(r) for r in ft + [r for _, r in others]}
+        ax.plot(x, [ys[id(r)] for r in ft], marker="o", label="fine-tuning seed 0")
         for i, (pos, r) in enumerate(others):
-            ax.plot([pos], [np.nan if measure(r) is None else measure(r)], marker="o", mfc="none", linestyle="",
-                    color="C1", label="another fine-tuning seed" if i == 0 else None)
+            ax.plot([pos], [ys[id(r)]], marker="o", mfc="none", linestyle="", color="C1",
+                    label="another fine-tuning seed" if i == 0 else None)
         if others:
             ax.legend(fontsize=8)
         ax.set_ylabel(label)
         # at least 2 % of the value from bottom to top, so that differences of a few hundredths do not
         # fill the panel
-        values = [v for v in (measure(r) for r in ft + [r for _, r in others]) if v is not None]
+        values = [v for v in ys.values() if not np.isnan(v)]
         if values:
             low, high = min(values), max(values)
             pad = max(0.02 * abs(np.mean(values)) - (high - low), 0.0) / 2 + 0.1 * (high - low)

@@ -569,12 +569,10 @@ def run(builder, factor):
     run_ = builder(splits, steps)
     model = run_["model"]
     train_ds = None
-    # TensorFlow's workers split tf.data through Keras; each JAX process reads its own share (the
-    # NumPy pipeline, or the stream) and Keras is told not to split it again.
-    pipeline = None if is_stream(splits) else data.input_pipeline(
-        "numpy" if several_jax_processes() else FLAGS.input_pipeline)
-    shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} if several_jax_processes() or (
-        FLAGS.num_processes > 1 and pipeline is not None and pipeline.__name__.endswith("numpy_pipeline")) else {}
+    # TensorFlow's workers split tf.data through Keras (validate_flags refuses the numpy pipeline
+    # there); each JAX process reads its own share (the NumPy pipeline, or the stream) and Keras is
+    # told not to split it again.
+    shard = {"shard": (FLAGS.process_id, FLAGS.num_processes)} if several_jax_processes() else {}
     if shard and keras.distribution.distribution() is not None:
         keras.distribution.distribution().auto_shard_dataset = False
     if is_stream(splits):  # tf.data streaming; validate_flags refuses --stream with --input_pipeline=numpy
@@ -584,6 +582,7 @@ def run(builder, factor):
                                             **shard)
         test_ds, pipeline_name = splits.eval_dataset(FLAGS.eval_batch_size, **shard), "tf.data streaming"
     else:
+        pipeline = data.input_pipeline("numpy" if shard else FLAGS.input_pipeline)
         if initial_epoch < FLAGS.epochs:
             train_ds = pipeline.make_train_dataset(
                 splits.train_images, splits.train_labels, FLAGS.batch_size, seed=FLAGS.seed, mean=mean,

@@ -354,13 +354,16 @@ def share_of(batch, shard):
 
 def shard_mask(n, batch_size, shard):
     """bool (n,): which of n samples, batched `batch_size` at a time in order (the last batch
-    partial), fall in this process's `share_of` their batch.
+    partial), fall in this process's `share_of` their batch. Raises ValueError unless every batch,
+    the last one included, splits evenly.
 
     Example:
         >>> shard_mask(10, 4, (0, 2)).astype(int)
         array([1, 1, 0, 0, 1, 1, 0, 0, 1, 0])
     """
     part, parts = check_shard(shard, batch_size)
+    if n % parts:
+        raise ValueError(f"shard {shard!r}: the {n} images do not split evenly")
     position = np.arange(n)
     start = position // batch_size * batch_size
     share = np.minimum(batch_size, n - start) // parts

@@ -285,7 +285,7 @@ class ImageStream:
         sampler = _OtherClassSampler(self.train_labels, contrast_negatives, seed) if contrast_negatives else None
         n, seed_t = self.num_train, tf.constant(int(seed), tf.int64)
         kept = n // batch_size * batch_size if drop_remainder else n  # so that batches never straddle epochs
-        mine = self._shard(kept, batch_size, shard)
+        mine, local = self._shard(kept, batch_size, shard)
         samples = self._reader.samples("train", self._train)
 
         def epoch_keys(e):
@@ -312,9 +312,8 @@ class ImageStream:
                     return tuple(tf.gather(t, order) for t in batch)
 
                 windows = samples.take(kept).batch(window).enumerate().map(shuffle).unbatch()
-                if mine is not None:  # positions in the shuffled epoch, kept before decoding
-                    windows = windows.enumerate().filter(lambda i, sample: tf.gather(mine, i)).map(lambda i, x: x)
-                return windows.map(lambda index, data, label: (index, data, label, e))
+                # positions in the shuffled epoch, kept before decoding
+                return _keep(windows, mine).map(lambda index, data, label: (index, data, label, e))
 
             def load(index, data, label, e):
                 name = tf.strings.format("{} example {}", (self.name, index))
@@ -325,7 +324,6 @@ class ImageStream:
 
         ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        local = batch_size if shard is None else batch_size // shard[1]
         ds = ds.batch(local, drop_remainder=drop_remainder).map(assemble, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -346,9 +344,7 @@ class ImageStream:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         data = self._train if split == "train" else self._test
         count = self.num_train if split == "train" else self.num_test
-        if shard is not None and count % shard[1]:
-            raise DataError(f"shard {shard!r}: the {count} {split} images do not split evenly")
-        mine = self._shard(count, batch_size, shard)
+        mine, local = self._shard(count, batch_size, shard)
         samples = self._reader.samples(split, data)
 
         def center(raw, label, name):
@@ -360,20 +356,21 @@ class ImageStream:
                                                                  num_parallel_calls=tf.data.AUTOTUNE,
                                                                  deterministic=True)
         else:
-            if mine is not None:
-                samples = samples.enumerate().filter(lambda i, sample: tf.gather(mine, i)).map(lambda i, x: x)
-            ds = samples.map(
+            ds = _keep(samples, mine).map(
                 lambda index, raw, label: center(raw, label, tf.strings.format("{} example {}", (self.name, index))),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size if shard is None else batch_size // shard[1]).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(local).prefetch(tf.data.AUTOTUNE)
 
     @staticmethod
     def _shard(n, batch_size, shard):
-        """None, or a bool tensor (n,) of the positions this process keeps (`numpy_pipeline.shard_mask`)."""
+        """(None, batch_size) without `shard`; else (a bool tensor (n,) of the positions this process
+        keeps, `numpy_pipeline.shard_mask`, and its share of a batch)."""
         import tensorflow as tf
 
+        if shard is None:
+            return None, batch_size
         try:
-            return None if shard is None else tf.constant(shard_mask(n, batch_size, shard))
+            return tf.constant(shard_mask(n, batch_size, shard)), batch_size // shard[1]
         except ValueError as e:
             raise DataError(str(e)) from None
 
@@ -477,6 +474,15 @@ class ImageStream:
         crop = tf.slice(image, [top, left, 0], [self.image_size, self.image_size, 3])
         crop.set_shape(self.image_shape)
         return self._normalize(crop)
+
+
+def _keep(ds, mine):
+    """The elements of `ds` at the positions where the bool tensor `mine` is True (all when None)."""
+    import tensorflow as tf
+
+    if mine is None:
+        return ds
+    return ds.enumerate().filter(lambda i, element: tf.gather(mine, i)).map(lambda i, element: element)
 
 
 def _checked(data, name):
