@@ -579,6 +579,16 @@ def test_numpy_pipeline_threads_shards_and_random_access():
         np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
     with pytest.raises(ValueError, match="shard"):
         numpy_pipeline.make_train_dataset(**args, shard=(0, 3))
+    evaluation = dict(batch_size=4, mean=MEAN, std=STD)  # 6 images: batches of 4 and 2, halved
+    whole = batches(numpy_pipeline.make_eval_dataset(IMAGES[:6], LABELS[:6], **evaluation))
+    shares = [batches(numpy_pipeline.make_eval_dataset(IMAGES[:6], LABELS[:6], **evaluation, shard=(p, 2)))
+              for p in (0, 1)]
+    assert [len(y) for _, y in shares[1]] == [2, 1]
+    for (x0, y0), (x1, y1), (x, y) in zip(*shares, whole):
+        np.testing.assert_array_equal(np.concatenate([x0, x1]), x)
+        np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
+    with pytest.raises(ValueError, match="the 7 images do not split evenly"):
+        numpy_pipeline.make_eval_dataset(IMAGES[:7], LABELS[:7], **evaluation, shard=(1, 2))
     with pytest.raises(ValueError, match="threads"):
         numpy_pipeline.make_train_dataset(**args, threads=-1)
 

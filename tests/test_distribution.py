@@ -60,9 +60,9 @@ TF_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np
-    from keras_icckd import backbones, data, training
+    from keras_icckd import backbones, data, replicas, training
     from keras_icckd.models import ContrastiveTeacher
-    from keras_icckd.training import distribution, replicas
+    from keras_icckd.training import distribution
 
     splits = data.make_synthetic(num_classes=3, train_per_class=16, test_per_class=4, image_shape=(16, 16, 3))
 
@@ -142,7 +142,7 @@ def test_one_replica_changes_nothing_and_doctests():
 
     import numpy as np
 
-    from keras_icckd.training import replicas
+    from keras_icckd import replicas
 
     x = keras.ops.convert_to_tensor(np.arange(6.0).reshape(3, 2))
     assert replicas.replica_count() == 1 and replicas.gather(x) is x and replicas.replica_share(x) is x

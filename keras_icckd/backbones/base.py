@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from keras_icckd.training.replicas import replica_count
+from keras_icckd.replicas import replica_count
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1

@@ -324,9 +324,10 @@ class EvalDataset(_Prefetching):
         return normalize(self.images[index], self.mean, self.std), self.labels[index]
 
 
-def check_shard(shard, batch_size):
+def check_shard(shard, batch_size, n=None):
     """`shard` as (process index, process count), or None; raises ValueError unless every full
-    batch of `batch_size` splits evenly into count shares."""
+    batch of `batch_size` splits evenly into count shares and, when `n` is given, so does the
+    last (partial) batch of n samples."""
     if shard is None:
         return None
     part, parts = shard
@@ -334,6 +335,8 @@ def check_shard(shard, batch_size):
             or batch_size % parts:
         raise ValueError(f"shard must be (index, count) with 0 <= index < count and batch_size "
                          f"({batch_size}) a multiple of count, got {shard!r}")
+    if n is not None and n % parts:
+        raise ValueError(f"shard {shard!r}: the {n} images do not split evenly")
     return part, parts
 
 
@@ -361,9 +364,7 @@ def shard_mask(n, batch_size, shard):
         >>> shard_mask(10, 4, (0, 2)).astype(int)
         array([1, 1, 0, 0, 1, 1, 0, 0, 1, 0])
     """
-    part, parts = check_shard(shard, batch_size)
-    if n % parts:
-        raise ValueError(f"shard {shard!r}: the {n} images do not split evenly")
+    part, parts = check_shard(shard, batch_size, n)
     position = np.arange(n)
     start = position // batch_size * batch_size
     share = np.minimum(batch_size, n - start) // parts
@@ -427,8 +428,6 @@ def make_eval_dataset(images, labels, batch_size, *, mean, std, shard=None, thre
         [2, 2, 1]
     """
     images, labels = check_arrays(images, labels, batch_size, mean, std, training=False)
-    shard = check_shard(shard, batch_size)
-    if shard is not None and len(images) % shard[1]:
-        raise ValueError(f"shard {shard!r}: the {len(images)} evaluation images do not split evenly")
+    shard = check_shard(shard, batch_size, len(images))
     return EvalDataset(images, labels, batch_size, mean=tuple(mean), std=tuple(std), shard=shard,
                        threads=_default_threads() if threads is None else threads, prefetch=prefetch)

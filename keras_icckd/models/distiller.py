@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_icckd import objectives as objective_zoo
-from keras_icckd.training import replicas
+from keras_icckd import replicas
 
 _RESERVED = ("loss", "ce", "accuracy", "agreement")
 

@@ -8,7 +8,7 @@ from keras import ops
 from keras_icckd.losses import MARGIN_MODES
 from keras_icckd.losses import intra_class_contrastive
 from keras_icckd.losses import intra_class_objective
-from keras_icckd.training import replicas
+from keras_icckd import replicas
 from keras_icckd.models.cache import IntraClassCache
 
 _VIEW_ONLY_METRICS = ("intra", "margin_pass", "negatives")

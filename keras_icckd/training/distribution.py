@@ -11,7 +11,7 @@ virtual CPU devices against 1 device: tests/test_distribution.py):
   or `MultiWorkerMirroredStrategy` when TF_CONFIG names several workers, set as the process's
   default strategy (`tf.distribute.experimental_set_strategy`), so models built afterwards are
   mirrored. Each replica runs the step on its share; the models gather outputs, labels and extra
-  inputs of all replicas in `compute_loss` (`keras_icckd.training.replicas`) and return one
+  inputs of all replicas in `compute_loss` (`keras_icckd.replicas`) and return one
   replica's share of the loss; the backbones' BatchNorm all-reduces its batch statistics; state
   written in the step (the cache, CRD's memory) keeps one value ("only_first_replica"). The
   strategy is created once per process and reused (a second MirroredStrategy in one process
