@@ -332,6 +332,8 @@ def main(argv):
     collect(FLAGS.runs, FLAGS.results_dir)
     rows, groups = teachers(FLAGS.results_dir), students(FLAGS.results_dir)
     comparisons = paired(groups)
+    # the from-scratch control: KD from its ICC teacher against KD from its CE teacher, paired by seed
+    scratch = {k: v for k, v in paired(groups, "kd_scratch_ce").items() if k == "kd_scratch_icc"}
     # the ICC arms against both CE teachers at once: per seed, the mean of KD from each
     ce_both = paired({**groups, "kd_ce_both": mean_of(groups, ("kd_ce", "kd_ce_teacher2"))}, "kd_ce_both")
     icc = [s for s in SETTINGS if s.startswith("kd_icc")] + ["rkd_icc"]
@@ -355,7 +357,9 @@ def main(argv):
               "",
               "### From-scratch control: resnet20 teachers from random initialisation", "",
               teacher_table(rows, "scratch"), "",
-              student_table(groups, ["kd_scratch_ce", "kd_scratch_icc"])]
+              student_table(groups, ["kd_scratch_ce", "kd_scratch_icc"]), "",
+              "Paired by seed against KD from the from-scratch CE teacher (difference = arm - that KD):", "",
+              paired_table(scratch, ["kd_scratch_icc"])]
     text = "\n".join(parts)
     if os.path.isfile(FLAGS.markdown):
         doc = open(FLAGS.markdown).read()
@@ -375,7 +379,7 @@ def main(argv):
     os.makedirs(os.path.dirname(FLAGS.summary), exist_ok=True)
     atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons,
                        "paired_against_both_ce_teachers": {k: v for k, v in ce_both.items() if k in icc},
-                       "teacher_level": level},
+                       "teacher_level": level, "paired_scratch_icc_against_scratch_ce": scratch},
                       FLAGS.summary)
     print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))
 

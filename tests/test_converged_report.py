@@ -90,11 +90,14 @@ def student_metrics(top1, teacher):
 def test_report_on_fake_runs(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     for name, top1, seed, ratio in [("ft_teacher_lambda0", 87.0, 0, 0.6), ("ft_teacher_lambda0_seed1", 87.5, 1, 0.61),
-                                    ("ft_teacher_lambda0.1", 88.0, 0, 0.65)]:
+                                    ("ft_teacher_lambda0.1", 88.0, 0, 0.65), ("scratch_teacher_lambda0", 80.0, 0, 0.7),
+                                    ("scratch_teacher_lambda0.05", 79.0, 0, 0.72)]:
         write(str(runs / name / "metrics.json"), teacher_metrics(top1, seed, ratio))
     for setting, teacher, values in [("kd_ce", "ft_teacher_lambda0", [70.0, 71.0, 72.0]),
                                      ("kd_ce_teacher2", "ft_teacher_lambda0_seed1", [70.5, 70.5, 72.5]),
-                                     ("kd_icc0.1", "ft_teacher_lambda0.1", [71.0, 71.5, 73.5])]:
+                                     ("kd_icc0.1", "ft_teacher_lambda0.1", [71.0, 71.5, 73.5]),
+                                     ("kd_scratch_ce", "scratch_teacher_lambda0", [68.0, 69.0, 70.0]),
+                                     ("kd_scratch_icc", "scratch_teacher_lambda0.05", [67.0, 69.5, 70.0])]:
         for seed, value in enumerate(values):
             write(str(runs / "students" / f"{setting}_seed{seed}" / "metrics.json"), student_metrics(value, teacher))
     markdown = tmp_path / "study.md"
@@ -122,6 +125,12 @@ def test_report_on_fake_runs(tmp_path):
     assert "exact one-sided p = 0.333." in text
     numbers = json.load(open(summary))
     assert numbers["teacher_level"]["u"] == 2
-    assert set(numbers["paired_against_kd_ce"]) == {"kd_ce_teacher2", "kd_icc0.1"}
+    # the from-scratch control, paired within itself: -1.00, +0.50, 0.00 (mean -0.17, std 0.76, t = -0.38)
+    control = text.split("From-scratch control")[1]
+    assert "| scratch_teacher_lambda0.05 | 0.05 | 0 | 1 | 79.00 | 0.7200 |" in control
+    assert "| KD from the from-scratch ICC teacher (lambda 0.05) | 0,1,2 | s0: -1.00; s1: +0.50; s2: +0.00 | -0.17 " \
+           "| 0.76 | -0.38 |" in control
+    assert set(numbers["paired_scratch_icc_against_scratch_ce"]) == {"kd_scratch_icc"}
+    assert set(numbers["paired_against_kd_ce"]) == {"kd_ce_teacher2", "kd_icc0.1", "kd_scratch_ce", "kd_scratch_icc"}
     assert set(numbers["paired_against_both_ce_teachers"]) == {"kd_icc0.1"}
     assert figure.stat().st_size > 10_000
