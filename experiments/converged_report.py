@@ -239,9 +239,10 @@ def teacher_table(rows, kind):
                           fmt(r.get("eval_ratio") or r["intra_inter_ratio"], ".4f"), fmt(r["margin_pass"], ".3f")]
                          + [fmt(r.get(key), ".4f") for key in ("ece", "entropy", "off_mass", "entropy_spread",
                                                                "off_mass_spread")])
-    return table(["teacher", "lambda", "fine-tuning seed" if kind == "ft" else "seed", "epochs", "test top-1 (%)", "intra/inter ratio",
-                  "anchors past margin", "ECE", "entropy at T=4", "off-class mass at T=4",
-                  "within-class std of entropy", "within-class std of off-class mass"], cells)
+    seed = "fine-tuning seed" if kind == "ft" else "seed"
+    return table(["teacher", "lambda", seed, "epochs", "test top-1 (%)", "intra/inter ratio", "anchors past margin",
+                  "ECE", "entropy at T=4", "off-class mass at T=4", "within-class std of entropy",
+                  "within-class std of off-class mass"], cells)
 
 
 def student_table(groups, settings):
