@@ -6,11 +6,11 @@
 #
 # teachers: imports the published akamaster resnet20 (../shared/teachers), fine-tunes it on the full
 #   CIFAR-10 JPEG copy with CE and with CE + lambda * L_intra (experiments/flags/converged/ft_teacher.flags)
-#   for lambda in $LAMBDAS, a second CE teacher with --seed=1, and evaluates each teacher (--mode=evaluate,
-#   soft labels at T = 4).
+#   for lambda in $LAMBDAS, two more CE teachers with --seed=1 and --seed=2, and evaluates each teacher
+#   (--mode=evaluate, soft labels at T = 4).
 # students: the resnet8 student flagfiles of experiments/flags/converged/ over seeds $SEEDS through
-#   experiments/sweep.py (alone; KD from each teacher, both CE teachers included; DKD; CRD; KD + RKD from
-#   the ICC teacher that rkd_icc.flags names).
+#   experiments/sweep.py (alone; KD from each teacher, the three CE teachers included; DKD; CRD; KD + RKD from
+#   the ICC teacher that rkd_icc.flags names and from the CE teacher).
 # scratch: resnet20 CE and ICC teachers from random initialisation (scratch_teacher.flags), then KD from each.
 # report: tables and the figure (experiments/converged_report.py).
 # Finished runs (here or committed under experiments/results/converged_cifar10) are reused and
@@ -53,18 +53,21 @@ if [[ " $stages " == *" teachers "* ]]; then
   for lambda in $lambdas; do
     once "$out/ft_teacher_lambda$lambda" --flagfile="$flags/ft_teacher.flags" --icc_lambda="$lambda"
   done
-  # a second CE teacher, fine-tuned with another seed: how far KD moves with the teacher alone
-  once "$out/ft_teacher_lambda0_seed1" --flagfile="$flags/ft_teacher.flags" --icc_lambda=0 --seed=1
-  for teacher in $(printf 'ft_teacher_lambda%s ' $lambdas) ft_teacher_lambda0_seed1; do
+  # more CE teachers, fine-tuned with other seeds: how far KD moves with the teacher alone, and three CE
+  # teachers against the three ICC teachers at the teacher level
+  for seed in 1 2; do
+    once "$out/ft_teacher_lambda0_seed$seed" --flagfile="$flags/ft_teacher.flags" --icc_lambda=0 --seed=$seed
+  done
+  for teacher in $(printf 'ft_teacher_lambda%s ' $lambdas) ft_teacher_lambda0_seed1 ft_teacher_lambda0_seed2; do
     once "$out/$teacher/evaluate" --mode=evaluate --model="$out/$teacher/model.keras" \
       --dataset=folder --data_dir="$data"
   done
 fi
 if [[ " $stages " == *" students "* ]]; then
-  main=("$flags/kd_ce.flags" "$flags/kd_ce_teacher2.flags")
+  main=("$flags/kd_ce.flags" "$flags/kd_ce_teacher2.flags" "$flags/kd_ce_teacher3.flags")
   for lambda in $lambdas; do [[ $lambda == 0 ]] || main+=("$flags/kd_icc$lambda.flags"); done
   sweep "${main[@]}" "$flags/alone.flags" "$flags/dkd.flags" "$flags/crd.flags"
-  if [[ -f "$flags/rkd_icc.flags" ]]; then sweep "$flags/rkd_icc.flags"; fi
+  if [[ -f "$flags/rkd_icc.flags" ]]; then sweep "$flags/rkd_icc.flags" "$flags/rkd_ce.flags"; fi
 fi
 if [[ " $stages " == *" scratch "* ]]; then
   for lambda in 0 0.05; do

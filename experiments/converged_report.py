@@ -45,15 +45,19 @@ SETTINGS = {
     "alone": ("resnet8 alone (CE)", None),
     "kd_ce": ("KD from the CE teacher", "ft_teacher_lambda0"),
     "kd_ce_teacher2": ("KD from a second CE teacher (fine-tuning seed 1)", "ft_teacher_lambda0_seed1"),
+    "kd_ce_teacher3": ("KD from a third CE teacher (fine-tuning seed 2)", "ft_teacher_lambda0_seed2"),
     "kd_icc0.01": ("KD from ICC lambda 0.01 (Ours)", "ft_teacher_lambda0.01"),
     "kd_icc0.05": ("KD from ICC lambda 0.05 (Ours)", "ft_teacher_lambda0.05"),
     "kd_icc0.1": ("KD from ICC lambda 0.1 (Ours)", "ft_teacher_lambda0.1"),
     "rkd_icc": ("KD + RKD from the best ICC teacher (Ours+RKD)", None),
+    "rkd_ce": ("KD + RKD from the CE teacher", "ft_teacher_lambda0"),
     "dkd": ("DKD from the CE teacher", "ft_teacher_lambda0"),
     "crd": ("CRD from the CE teacher", "ft_teacher_lambda0"),
     "kd_scratch_ce": ("KD from the from-scratch CE teacher", "scratch_teacher_lambda0"),
     "kd_scratch_icc": ("KD from the from-scratch ICC teacher (lambda 0.05)", "scratch_teacher_lambda0.05"),
 }
+# KD from each CE teacher fine-tuned from the published weights (one arm per teacher)
+CE_KD = ("kd_ce", "kd_ce_teacher2", "kd_ce_teacher3")
 
 
 def read(path):
@@ -271,8 +275,11 @@ def figure(rows, groups, path):
     lambdas = [r["lambda"] for r in ft]
     x = np.arange(len(lambdas))
     # teachers fine-tuned with another seed: hollow markers beside their lambda
-    others = [(lambdas.index(r["lambda"]) + 0.15, r) for r in rows.values()
-              if r["kind"] == "ft" and r["seed"] != 0 and r["lambda"] in lambdas]
+    others, beside = [], {}
+    for r in sorted(rows.values(), key=lambda r: (r["lambda"], r["seed"])):
+        if r["kind"] == "ft" and r["seed"] != 0 and r["lambda"] in lambdas:
+            beside[r["lambda"]] = beside.get(r["lambda"], 0) + 1
+            others.append((lambdas.index(r["lambda"]) + 0.15 * beside[r["lambda"]], r))
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     measures = [("teacher test top-1 (%)", lambda r: r["test_top1"]),
                 ("teacher intra / inter-class distance", lambda r: r.get("eval_ratio") or r["intra_inter_ratio"]),
@@ -300,11 +307,10 @@ def figure(rows, groups, path):
         means.append(g["last_mean_std"][0] if g else np.nan)
         stds.append(g["last_mean_std"][1] if g and len(g["seeds"]) > 1 else 0.0)
     ax.errorbar(x, means, yerr=stds, marker="o", capsize=4, label="KD from the teacher")
-    if "kd_ce_teacher2" in groups and 0.0 in lambdas:
-        g = groups["kd_ce_teacher2"]
-        ax.errorbar([lambdas.index(0.0) + 0.15], [g["last_mean_std"][0]],
+    for i, g in enumerate(groups[s] for s in CE_KD[1:] if s in groups and 0.0 in lambdas):
+        ax.errorbar([lambdas.index(0.0) + 0.15 * (i + 1)], [g["last_mean_std"][0]],
                     yerr=[g["last_mean_std"][1] if len(g["seeds"]) > 1 else 0.0], marker="o", mfc="none",
-                    linestyle="", capsize=4, color="C1", label="KD from a second CE teacher")
+                    linestyle="", capsize=4, color="C1", label="KD from another CE teacher" if i == 0 else None)
     for setting, style in (("alone", ":"), ("dkd", "--"), ("crd", "-.")):
         if setting in groups:
             ax.axhline(groups[setting]["last_mean_std"][0], linestyle=style, color="grey", label=setting.upper()
@@ -332,13 +338,23 @@ def main(argv):
         raise app.UsageError(f"--runs={FLAGS.runs!r} is not a folder")
     collect(FLAGS.runs, FLAGS.results_dir)
     rows, groups = teachers(FLAGS.results_dir), students(FLAGS.results_dir)
-    comparisons = paired(groups)
+    # the fine-tuned study's arms against KD from its CE teacher (the from-scratch arms are another protocol)
+    fine_tuned = [s for s in SETTINGS if not s.startswith("kd_scratch")]
+    comparisons = paired({k: v for k, v in groups.items() if k in fine_tuned})
     # the from-scratch control: KD from its ICC teacher against KD from its CE teacher, paired by seed
     scratch = {k: v for k, v in paired(groups, "kd_scratch_ce").items() if k == "kd_scratch_icc"}
-    # the ICC arms against both CE teachers at once: per seed, the mean of KD from each
-    ce_both = paired({**groups, "kd_ce_both": mean_of(groups, ("kd_ce", "kd_ce_teacher2"))}, "kd_ce_both")
+    # Ours+RKD against the same objectives from the CE teacher
+    rkd = {k: v for k, v in paired(groups, "rkd_ce").items() if k == "rkd_icc"}
+    # the ICC arms against every CE teacher at once: per seed, the mean of KD from each CE teacher; here and
+    # at the teacher level, a teacher counts once its KD has every seed of the first CE teacher's
+    def complete(setting):
+        return (setting in groups and "kd_ce" in groups
+                and set(groups["kd_ce"]["seeds"]) <= set(groups[setting]["seeds"]))
+
+    ce = [s for s in CE_KD if complete(s)]
     icc = [s for s in SETTINGS if s.startswith("kd_icc")] + ["rkd_icc"]
-    level = teacher_level(groups, ["kd_ce", "kd_ce_teacher2"], [s for s in icc if s.startswith("kd_icc")])
+    ce_all = {k: v for k, v in paired({**groups, "kd_ce_all": mean_of(groups, ce)}, "kd_ce_all").items() if k in icc}
+    level = teacher_level(groups, ce, [s for s in icc if s.startswith("kd_icc") and complete(s)])
     imported = os.path.join(FLAGS.results_dir, "imported_resnet20", "metrics.json")
     parts = []
     if os.path.isfile(imported):
@@ -346,16 +362,19 @@ def main(argv):
                      "10,000 JPEG test images.")
     parts += ["### Teachers fine-tuned from the published resnet20", "", teacher_table(rows, "ft"), "",
               "### Students (resnet8), teachers fine-tuned from the published weights", "",
-              student_table(groups, [s for s in SETTINGS if not s.startswith("kd_scratch")]), "",
+              student_table(groups, fine_tuned), "",
               "### Paired by seed against KD from the CE teacher (last epoch; difference = arm - KD from CE)",
-              "", paired_table(comparisons, [s for s in SETTINGS if not s.startswith("kd_scratch")]), "",
-              "### Paired by seed against both CE teachers (difference = arm - mean of KD from the two CE "
-              "teachers, same seed)", "", paired_table(ce_both, icc), "",
+              "", paired_table(comparisons, fine_tuned), "",
+              f"### Paired by seed against every CE teacher (difference = arm - mean of KD from the {len(ce)} CE "
+              f"teachers, same seed: {', '.join(groups[s]['teacher'] for s in ce)})", "", paired_table(ce_all, icc), "",
               "Teacher level (one value per teacher: its KD students' mean; KD arms only): " + (
                   "; ".join(f"{SETTINGS[k][0]} {v:.2f}" for k, v in level["kd_mean_per_teacher"].items())
                   + f". Mann-Whitney U of the ICC teachers over the CE teachers {level['u']:g} of {level['u_max']}, "
                   f"exact one-sided p = {level['p_one_sided']:.3f}." if level else "not yet (needs both kinds)."),
               "",
+              "### KD + RKD: from the best ICC teacher against from the CE teacher (paired by seed; difference "
+              "= Ours+RKD - KD + RKD from the CE teacher)", "",
+              paired_table(rkd, ["rkd_icc"]) if rkd else "Not yet (needs both arms with two seeds in common).", "",
               "### From-scratch control: resnet20 teachers from random initialisation", "",
               teacher_table(rows, "scratch"), "",
               student_table(groups, ["kd_scratch_ce", "kd_scratch_icc"]), "",
@@ -379,8 +398,9 @@ def main(argv):
 
     os.makedirs(os.path.dirname(FLAGS.summary), exist_ok=True)
     atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons,
-                       "paired_against_both_ce_teachers": {k: v for k, v in ce_both.items() if k in icc},
-                       "teacher_level": level, "paired_scratch_icc_against_scratch_ce": scratch},
+                       "ce_teachers_in_mean": ce, "paired_against_mean_of_ce_teachers": ce_all,
+                       "teacher_level": level, "paired_rkd_icc_against_rkd_ce": rkd,
+                       "paired_scratch_icc_against_scratch_ce": scratch},
                       FLAGS.summary)
     print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))
 

@@ -87,19 +87,7 @@ def student_metrics(top1, teacher):
             "objectives": "kd:0.9", "ce_weight": 0.1}
 
 
-def test_report_on_fake_runs(tmp_path):
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    for name, top1, seed, ratio in [("ft_teacher_lambda0", 87.0, 0, 0.6), ("ft_teacher_lambda0_seed1", 87.5, 1, 0.61),
-                                    ("ft_teacher_lambda0.1", 88.0, 0, 0.65), ("scratch_teacher_lambda0", 80.0, 0, 0.7),
-                                    ("scratch_teacher_lambda0.05", 79.0, 0, 0.72)]:
-        write(str(runs / name / "metrics.json"), teacher_metrics(top1, seed, ratio))
-    for setting, teacher, values in [("kd_ce", "ft_teacher_lambda0", [70.0, 71.0, 72.0]),
-                                     ("kd_ce_teacher2", "ft_teacher_lambda0_seed1", [70.5, 70.5, 72.5]),
-                                     ("kd_icc0.1", "ft_teacher_lambda0.1", [71.0, 71.5, 73.5]),
-                                     ("kd_scratch_ce", "scratch_teacher_lambda0", [68.0, 69.0, 70.0]),
-                                     ("kd_scratch_icc", "scratch_teacher_lambda0.05", [67.0, 69.5, 70.0])]:
-        for seed, value in enumerate(values):
-            write(str(runs / "students" / f"{setting}_seed{seed}" / "metrics.json"), student_metrics(value, teacher))
+def run_report(tmp_path, runs, results):
     markdown = tmp_path / "study.md"
     markdown.write_text("# study\n<!-- tables:begin -->\nold\n<!-- tables:end -->\ntail\n")
     figure, summary = tmp_path / "figure.png", tmp_path / "summary.json"
@@ -108,8 +96,30 @@ def test_report_on_fake_runs(tmp_path):
                            f"--figure={figure}", f"--summary={summary}"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert figure.stat().st_size > 10_000
+    return markdown.read_text(), json.load(open(summary))
+
+
+def write_students(runs, arms):
+    for setting, teacher, values in arms:
+        for seed, value in enumerate(values):
+            write(str(runs / "students" / f"{setting}_seed{seed}" / "metrics.json"), student_metrics(value, teacher))
+
+
+def test_report_on_fake_runs(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for name, top1, seed, ratio in [("ft_teacher_lambda0", 87.0, 0, 0.6), ("ft_teacher_lambda0_seed1", 87.5, 1, 0.61),
+                                    ("ft_teacher_lambda0.1", 88.0, 0, 0.65), ("scratch_teacher_lambda0", 80.0, 0, 0.7),
+                                    ("scratch_teacher_lambda0.05", 79.0, 0, 0.72)]:
+        write(str(runs / name / "metrics.json"), teacher_metrics(top1, seed, ratio))
+    write_students(runs, [("kd_ce", "ft_teacher_lambda0", [70.0, 71.0, 72.0]),
+                          ("kd_ce_teacher2", "ft_teacher_lambda0_seed1", [70.5, 70.5, 72.5]),
+                          ("kd_ce_teacher3", "ft_teacher_lambda0_seed2", [60.0]),  # one seed so far: not in the mean
+                          ("kd_icc0.1", "ft_teacher_lambda0.1", [71.0, 71.5, 73.5]),
+                          ("kd_scratch_ce", "scratch_teacher_lambda0", [68.0, 69.0, 70.0]),
+                          ("kd_scratch_icc", "scratch_teacher_lambda0.05", [67.0, 69.5, 70.0])])
+    text, numbers = run_report(tmp_path, runs, results)
     assert (results / "students" / "kd_ce_teacher2_seed2" / "metrics.json").is_file()  # copied for committing
-    text = markdown.read_text()
     assert "old" not in text and text.endswith("<!-- tables:end -->\ntail\n")
     assert "| ft_teacher_lambda0_seed1 | 0 | 1 | 1 | 87.50 | 0.6100 |" in text
     assert "| KD from a second CE teacher (fine-tuning seed 1) | ft_teacher_lambda0_seed1 (87.00) | 0,1,2 | " \
@@ -118,19 +128,42 @@ def test_report_on_fake_runs(tmp_path):
            in text
     assert "| KD from a second CE teacher (fine-tuning seed 1) | 0,1,2 | s0: +0.50; s1: -0.50; s2: +0.50 | +0.17 |" \
            in text
-    # against the mean of the two CE arms per seed (70.25, 70.75, 72.25): +0.75, +0.75, +1.25, t = 5.5
+    # against the mean of the two complete CE arms per seed (70.25, 70.75, 72.25): +0.75, +0.75, +1.25, t = 5.5
+    assert "mean of KD from the 2 CE teachers, same seed: ft_teacher_lambda0, ft_teacher_lambda0_seed1)" in text
     assert "| KD from ICC lambda 0.1 (Ours) | 0,1,2 | s0: +0.75; s1: +0.75; s2: +1.25 | +0.92 | 0.29 | 5.50 | 0.032 |" \
-        in text.split("against both CE teachers")[1]
-    # teacher level: CE 71.00, 71.17 against ICC 72.00: U = 2 of 2, one split of C(3, 1) = 3
+        in text.split("against every CE teacher")[1]
+    assert numbers["ce_teachers_in_mean"] == ["kd_ce", "kd_ce_teacher2"]
+    # teacher level (complete teachers only): CE 71.00, 71.17 against ICC 72.00: U = 2 of 2, one split of C(3, 1) = 3
     assert "exact one-sided p = 0.333." in text
-    numbers = json.load(open(summary))
     assert numbers["teacher_level"]["u"] == 2
+    assert "KD + RKD from the CE teacher" in text and "Not yet" in text.split("### KD + RKD")[1]
     # the from-scratch control, paired within itself: -1.00, +0.50, 0.00 (mean -0.17, std 0.76, t = -0.38)
     control = text.split("From-scratch control")[1]
     assert "| scratch_teacher_lambda0.05 | 0.05 | 0 | 1 | 79.00 | 0.7200 |" in control
     assert "| KD from the from-scratch ICC teacher (lambda 0.05) | 0,1,2 | s0: -1.00; s1: +0.50; s2: +0.00 | -0.17 " \
            "| 0.76 | -0.38 |" in control
     assert set(numbers["paired_scratch_icc_against_scratch_ce"]) == {"kd_scratch_icc"}
-    assert set(numbers["paired_against_kd_ce"]) == {"kd_ce_teacher2", "kd_icc0.1", "kd_scratch_ce", "kd_scratch_icc"}
-    assert set(numbers["paired_against_both_ce_teachers"]) == {"kd_icc0.1"}
-    assert figure.stat().st_size > 10_000
+    # the from-scratch arms are another protocol: not paired against the fine-tuned CE teacher's KD
+    assert set(numbers["paired_against_kd_ce"]) == {"kd_ce_teacher2", "kd_icc0.1"}
+    assert set(numbers["paired_against_mean_of_ce_teachers"]) == {"kd_icc0.1"}
+    assert numbers["paired_rkd_icc_against_rkd_ce"] == {}
+
+    # the third CE teacher's KD completes; KD + RKD from each kind of teacher arrives
+    write_students(runs, [("kd_ce_teacher3", "ft_teacher_lambda0_seed2", [69.0, 71.5, 71.0]),
+                          ("rkd_icc", "ft_teacher_lambda0.1", [72.0, 71.0, 73.0]),
+                          ("rkd_ce", "ft_teacher_lambda0", [71.0, 71.5, 72.0])])
+    write(str(runs / "ft_teacher_lambda0_seed2" / "metrics.json"), teacher_metrics(86.0, 2, 0.62))
+    text, numbers = run_report(tmp_path, runs, results)
+    assert "| ft_teacher_lambda0_seed2 | 0 | 2 | 1 | 86.00 | 0.6200 |" in text
+    # the mean of three CE arms per seed (69.83, 71.0, 71.83): ICC +1.17, +0.50, +1.67
+    assert "mean of KD from the 3 CE teachers" in text
+    assert "| KD from ICC lambda 0.1 (Ours) | 0,1,2 | s0: +1.17; s1: +0.50; s2: +1.67 | +1.11 |" in text
+    # teacher level: CE 71.00, 71.17, 70.50 against ICC 72.00: U = 3 of 3, one split of C(4, 1) = 4
+    assert numbers["teacher_level"]["kd_mean_per_teacher"]["kd_ce_teacher3"] == pytest.approx(70.5)
+    assert "6 of 6" not in text and "exact one-sided p = 0.250." in text
+    # Ours+RKD against KD + RKD from the CE teacher: +1.0, -0.5, +1.0 (mean 0.5, std 0.866, t = 1.0)
+    rkd = text.split("### KD + RKD")[1]
+    assert "| KD + RKD from the best ICC teacher (Ours+RKD) | 0,1,2 | s0: +1.00; s1: -0.50; s2: +1.00 | +0.50 | 0.87 " \
+           "| 1.00 |" in rkd
+    assert numbers["paired_rkd_icc_against_rkd_ce"]["rkd_icc"]["t"] == pytest.approx(1.0)
+    assert "| KD + RKD from the CE teacher | 0,1,2 | s0: +1.00; s1: +0.50; s2: +0.00 | +0.50 |" in text
