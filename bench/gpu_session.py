@@ -11,12 +11,17 @@ a run cut short still leaves what it measured):
    step), two views (the ICC teacher), one view with CRD's index and 16,384 negatives.
 3. throughput: bench/train_step.py, modes jax, jax_bf16 and (when PyTorch is importable) torch,
    torch_bf16, for the ICC teacher ("icc", and "ce2", its backbone work, which PyTorch also runs)
-   and the KD, DKD and CRD steps of resnet8x4 <- resnet32x4, at batch 64, 256 and 128 (in that
-   order; a batch size is skipped when the budget left would not cover it).
+   and the KD, DKD and CRD steps of resnet8x4 <- resnet32x4, at batch 64, 256 and 128. It runs in
+   stages, most important first, one train_step.py call each: the KD step at batch 64 (the
+   performance goal's step), the other steps at 64, then every step at 256, then at 128. A stage
+   is skipped when the budget left would not cover it (its number of steps times the slowest
+   seconds per step of the stages before); a stage cut off by the budget is killed with its
+   measuring processes and loses only its own rows.
 4. real-data run: experiments/run.py trains an ICC teacher (resnet8x4, the defaults: lambda 0.05,
    cache 4096) on the CIFAR-10 JPEG archive for 10 epochs at batch 256 (lr 0.1, one warm-up
    epoch, x0.1 at epochs 6 and 8) with the NumPy pipeline; the stated accuracy is 70 % test
-   top-1 (`target_top1`), reported as met or not.
+   top-1 (`target_top1`), reported as met or not. A run cut off by the budget reports the epochs
+   its checkpoint holds.
 5. projection: minutes of the 240-epoch CIFAR-100 KD run (resnet8x4 <- resnet32x4, 50,000
    images an epoch; training steps only, evaluation not counted) at each measured KD rate,
    limited by the pipeline's one-view rate, against the goal of 30 minutes (6,667 images/s).
@@ -32,6 +37,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,13 +49,15 @@ sys.path.insert(0, ROOT)
 SECTIONS = ("pipeline", "throughput", "run")
 GOAL_EPOCHS, GOAL_TRAIN_IMAGES, GOAL_MINUTES = 240, 50000, 30.0
 GOAL_IMAGES_PER_S = GOAL_EPOCHS * GOAL_TRAIN_IMAGES / (60 * GOAL_MINUTES)
-FULL = dict(modes=("jax", "jax_bf16", "torch", "torch_bf16"), pair="resnet8x4:resnet32x4", batch_sizes=(64, 256, 128), steps="ce2,icc,kd,dkd,crd", rounds=3,
-            steps_per_round=10, warmup=2, pipeline_batch=256, pipeline_seconds=4.0, negatives=16384,
+# (steps, batch) of each throughput stage, most important first
+FULL_STAGES = (("kd", 64), ("ce2,icc,dkd,crd", 64), ("ce2,icc,kd,dkd,crd", 256), ("ce2,icc,kd,dkd,crd", 128))
+FULL = dict(modes=("jax", "jax_bf16", "torch", "torch_bf16"), pair="resnet8x4:resnet32x4", stages=FULL_STAGES,
+            rounds=3, steps_per_round=10, warmup=2, pipeline_batch=256, pipeline_seconds=4.0, negatives=16384,
             data=os.path.join(ROOT, ".data", "cifar10-jpeg.tar.gz"), max_train=0, max_test=0,
             run_args=["--arch=resnet8x4", "--epochs=10", "--batch_size=256", "--eval_batch_size=1000",
                       "--lr=0.1", "--lr_warmup_epochs=1", "--lr_decay_epochs=6,8"],
             run_reserve_s=150, target_top1=70.0)
-TINY = dict(modes=("jax", "torch"), pair="resnet8:resnet14", batch_sizes=(8,), steps="kd", rounds=1, steps_per_round=3, warmup=1,
+TINY = dict(modes=("jax", "torch"), pair="resnet8:resnet14", stages=(("kd", 8),), rounds=1, steps_per_round=3, warmup=1,
             pipeline_batch=32, pipeline_seconds=0.5, negatives=64, data=None, max_train=200, max_test=50,
             run_args=["--arch=resnet8", "--epochs=1", "--batch_size=50", "--eval_batch_size=50",
                       "--lr_decay_epochs=", "--icc_cache_size=64"],
@@ -97,8 +105,8 @@ def pipeline_rates(splits, config):
     rates = {}
     for name, options in kinds.items():
         ds = numpy_pipeline.make_train_dataset(splits.train_images, splits.train_labels, batch, seed=0, mean=mean,
-                                               std=std, epochs=1000, threads=os.cpu_count(), prefetch=2 * os.cpu_count(),
-                                               **options)
+                                               std=std, epochs=1000, threads=os.cpu_count(),
+                                               prefetch=2 * os.cpu_count(), **options)
         ds[0]  # threads started, the first epoch's order drawn
         start, count = time.perf_counter(), 1
         while time.perf_counter() - start < config["pipeline_seconds"] or count < 3:
@@ -108,31 +116,51 @@ def pipeline_rates(splits, config):
     return {"batch": batch, "threads": os.cpu_count(), "samples_per_s": rates}
 
 
-def throughput(config, deadline, workdir, log):
-    """bench/train_step.py once per batch size, while the budget lasts."""
+MIN_STAGE_S = 10.0  # no throughput stage starts with less left (its processes alone take a few seconds)
+
+
+def run_until(command, deadline, floor_s=MIN_STAGE_S):
+    """Runs `command` in its own process group until `deadline` (time.time(); at least `floor_s`
+    seconds); then the whole group is killed (a driver's measuring processes too, so none keeps
+    the GPU). Returns the exit code, or None when cut off."""
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+    try:
+        return process.wait(timeout=max(floor_s, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return None
+
+
+def throughput(config, deadline, workdir, log, run=run_until):
+    """bench/train_step.py once per stage of config["stages"], while the budget lasts."""
     has_torch = importlib.util.find_spec("torch") is not None
     modes = [m for m in config["modes"] if has_torch or not m.startswith("torch")]
-    result = {"modes": modes, "pair": config["pair"], "steps": config["steps"], "rows": [], "checks": [],
-              "skipped_batch_sizes": [], "seconds": {}}
-    needed = None
-    for batch in config["batch_sizes"]:
-        if needed is not None and time.time() + 1.2 * needed > deadline:
-            result["skipped_batch_sizes"].append(batch)
-            log(f"throughput: batch {batch} skipped, the budget would not cover it (~{needed:.0f} s)")
+    result = {"modes": modes, "pair": config["pair"], "rows": [], "checks": [], "stages": []}
+    per_step = None  # the slowest seconds per step of the stages so far
+    for number, (steps, batch) in enumerate(config["stages"]):
+        stage = {"steps": steps, "batch": batch}
+        result["stages"].append(stage)
+        count, left = len(steps.split(",")), deadline - time.time()
+        if left < MIN_STAGE_S or (per_step is not None and 1.2 * per_step * count > left):
+            stage["status"] = "skipped"
+            log(f"throughput: {steps} at batch {batch} skipped, the budget would not cover it ({left:.0f} s left"
+                + (f", ~{per_step * count:.0f} s needed)" if per_step else ")"))
             continue
-        out = os.path.join(workdir, f"throughput_{batch}.json")
+        out = os.path.join(workdir, f"throughput_{number}.json")
         command = [sys.executable, os.path.join(ROOT, "bench", "train_step.py"), f"--modes={','.join(modes)}",
-                   f"--pairs={config['pair']}", f"--batch_sizes={batch}", f"--steps={config['steps']}",
+                   f"--pairs={config['pair']}", f"--batch_sizes={batch}", f"--steps={steps}",
                    f"--rounds={config['rounds']}", f"--steps_per_round={config['steps_per_round']}",
                    f"--warmup={config['warmup']}", f"--json={out}"]
         start = time.time()
-        try:
-            subprocess.run(command, cwd=ROOT, check=True, timeout=max(10.0, deadline - time.time()))
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-            result["skipped_batch_sizes"].append(batch)
-            log(f"throughput: batch {batch} failed or ran out of time: {e}")
+        code = run(command, deadline)
+        stage["seconds"] = round(time.time() - start, 1)
+        if code != 0:
+            stage["status"] = "cut off by the budget" if code is None else f"failed (exit code {code})"
+            log(f"throughput: {steps} at batch {batch} {stage['status']}")
             continue
-        needed = result["seconds"][batch] = time.time() - start
+        stage["status"] = "done"
+        per_step = max(per_step or 0.0, stage["seconds"] / count)
         with open(out) as f:
             report = json.load(f)
         result["rows"] += report["rows"]
@@ -141,7 +169,7 @@ def throughput(config, deadline, workdir, log):
     return result
 
 
-def real_data_run(config, data_path, timeout, workdir):
+def real_data_run(config, data_path, timeout, workdir, run=run_until):
     """experiments/run.py: an ICC teacher on the CIFAR-10 archive, NumPy pipeline; its results."""
     out = os.path.join(workdir, "run")
     command = [sys.executable, os.path.join(ROOT, "experiments", "run.py"), "--mode=teacher", "--dataset=folder",
@@ -150,10 +178,18 @@ def real_data_run(config, data_path, timeout, workdir):
     if config["max_train"]:
         command += [f"--max_train_examples={config['max_train']}", f"--max_test_examples={config['max_test']}"]
     start = time.time()
-    try:
-        subprocess.run(command, cwd=ROOT, check=True, timeout=max(10.0, timeout))
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        return {"command": command[1:], "error": str(e), "seconds": time.time() - start}
+    code = run(command, start + timeout)
+    if code != 0:
+        result = {"command": command[1:], "seconds": round(time.time() - start, 1),
+                  "error": "cut off by the budget" if code is None else f"run.py failed (exit code {code})"}
+        checkpoint = os.path.join(out, "checkpoint.npz")
+        if os.path.isfile(checkpoint):  # the epochs that finished before
+            from keras_icckd.training import read_checkpoint
+
+            record = read_checkpoint(checkpoint)[0]
+            result.update(epochs_completed=record["epoch"], history=[
+                {k: r[k] for k in ("epoch", "loss", "train_top1", "test_top1") if k in r} for r in record["history"]])
+        return result
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     result = {"command": command[1:], "seconds": round(time.time() - start, 1), "test_top1": metrics["test_top1"],

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,3 +63,105 @@ def test_bad_sections_are_refused(tmp_path):
                              "--sections=throughput,speed", f"--out_dir={tmp_path}"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0 and "--sections='throughput,speed': expected names from" in result.stderr
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
+
+
+def fake_train_step(clock, seconds_per_step, codes=None):
+    """Stands in for run_until: "takes" seconds_per_step per step of the stage on `clock`, writes
+    train_step.py's JSON (one row per step) unless its exit code in `codes` says otherwise."""
+    calls = []
+
+    def run(command, deadline):
+        args = dict(a[2:].split("=", 1) for a in command[2:])
+        steps, batch = args["steps"].split(","), int(args["batch_sizes"])
+        calls.append((args["steps"], batch))
+        clock.now += seconds_per_step * len(steps)
+        code = (codes or {}).get((args["steps"], batch), 0)
+        if code == 0:
+            with open(args["json"], "w") as f:
+                json.dump({"modes": {"jax": {}}, "checks": [], "rows": [
+                    {"step": s, "mode": "jax", "batch": batch, "images_per_s": 1.0} for s in steps]}, f)
+        return code
+
+    return run, calls
+
+
+def test_throughput_stages_in_order_within_the_budget(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(gpu_session.time, "time", clock.time)
+    config = dict(gpu_session.TINY, modes=("jax",), stages=(("kd", 64), ("a,b,c", 64), ("kd", 256)))
+    run, calls = fake_train_step(clock, 10.0)
+    # 50 s: kd (10 s, 10 s a step), then a,b,c (needs 1.2 x 30 = 36 s, 40 s left: runs, 30 s), then
+    # kd at 256 needs 12 s with 10 s left: skipped
+    out = gpu_session.throughput(config, clock.now + 50.0, str(tmp_path), lambda message: None, run=run)
+    assert calls == [("kd", 64), ("a,b,c", 64)]
+    assert [(s["steps"], s["batch"], s["status"]) for s in out["stages"]] == [
+        ("kd", 64, "done"), ("a,b,c", 64, "done"), ("kd", 256, "skipped")]
+    assert [r["step"] for r in out["rows"]] == ["kd", "a", "b", "c"]
+    assert out["stages"][1]["seconds"] == 30.0
+
+
+def test_throughput_keeps_the_stages_before_one_that_fails(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(gpu_session.time, "time", clock.time)
+    config = dict(gpu_session.TINY, modes=("jax",), stages=(("kd", 64), ("dkd", 64), ("crd", 64)))
+    run, calls = fake_train_step(clock, 1.0, codes={("dkd", 64): None, ("crd", 64): 3})
+    out = gpu_session.throughput(config, clock.now + 100.0, str(tmp_path), lambda message: None, run=run)
+    assert [s["status"] for s in out["stages"]] == ["done", "cut off by the budget", "failed (exit code 3)"]
+    assert [r["step"] for r in out["rows"]] == ["kd"]
+    # a stage that overruns the whole budget: the later ones are not started
+    run, calls = fake_train_step(clock, 200.0)
+    out = gpu_session.throughput(config, clock.now + 100.0, str(tmp_path), lambda message: None, run=run)
+    assert calls == [("kd", 64)] and [s["status"] for s in out["stages"]] == ["done", "skipped", "skipped"]
+
+
+def test_run_until_kills_the_whole_process_group(tmp_path):
+    # the driver starts a child (as train_step.py starts its measuring processes) and both sleep
+    pid_file = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; "
+              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
+    assert gpu_session.run_until([sys.executable, "-c", script], 0.0, floor_s=3.0) is None
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the child is killed with the group (reaped by init soon after)
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":
+                break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"process {child} outlived its group's kill")
+    assert gpu_session.run_until([sys.executable, "-c", "import sys; sys.exit(3)"], 0.0, floor_s=30.0) == 3
+
+
+def test_cut_off_real_data_run_reports_its_checkpoint(tmp_path):
+    import keras
+
+    from keras_icckd.training import save_checkpoint
+
+    def run(command, deadline):  # run.py finishes two epochs, then the budget ends
+        out = next(a.split("=", 1)[1] for a in command if a.startswith("--output_dir="))
+        os.makedirs(out)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        history = [{"epoch": 1, "loss": 2.0, "test_top1": 30.0, "ce": 2.0},
+                   {"epoch": 2, "loss": 1.5, "test_top1": 45.0, "ce": 1.5}]
+        save_checkpoint(model, os.path.join(out, "checkpoint.npz"), {"epoch": 2, "history": history})
+        return None
+
+    result = gpu_session.real_data_run(gpu_session.TINY, "data.tar.gz", 5.0, str(tmp_path), run=run)
+    assert result["error"] == "cut off by the budget" and result["epochs_completed"] == 2
+    assert result["history"] == [{"epoch": 1, "loss": 2.0, "test_top1": 30.0},
+                                 {"epoch": 2, "loss": 1.5, "test_top1": 45.0}]
+    failed = gpu_session.real_data_run(gpu_session.TINY, "data.tar.gz", 5.0, str(tmp_path / "x"), run=lambda c, d: 2)
+    assert failed["error"] == "run.py failed (exit code 2)" and "history" not in failed
