@@ -59,6 +59,7 @@ ONE_BACKEND = {
     "tests/test_run.py::test_bad_init_model": "tensorflow",
     "tests/test_streaming.py": "tensorflow",  # tf.data whatever the Keras backend
     "tests/test_distribution.py::test_a_model_axis_may_not_span_processes": "jax",  # model_parallel is JAX's
+    "tests/test_multi_host.py::test_model_parallel_in_two_processes_like_one_process": "jax",  # likewise
     "tests/test_tinyimagenet.py::test_tinyimagenet_loads": "tensorflow",
     "tests/test_tinyimagenet.py::test_default_location": "tensorflow",
     "tests/test_tinyimagenet.py::test_resized": "tensorflow",

@@ -6,7 +6,9 @@ outputs:
 - training the ICC teacher (with its cache): a two-process run is killed after its first checkpoint
   and started again in two processes;
 - the ICC teacher streaming its images from a folder (--stream, tf.data): split between the
-  TensorFlow workers by Keras; each JAX process decodes only its share of every batch.
+  TensorFlow workers by Keras; each JAX process decodes only its share of every batch;
+- JAX only: the ICC teacher with --distribution=model_parallel, one row of the (batch, model) mesh
+  per process.
 
 JAX: the one process has one device; each of the two processes (`--num_processes=2 --process_id
 --coordinator_address`) has 2 virtual CPU devices and reads its share of every batch (the NumPy
@@ -78,9 +80,9 @@ def one_process(flags, output_dir, env):
     return start([*flags, f"--distribution={distribution}", f"--output_dir={output_dir}"], env)
 
 
-def two_processes(flags, output_dir, env):
+def two_processes(flags, output_dir, env, distribution="data_parallel"):
     """The two processes of one run, started side by side."""
-    common = [*flags, "--distribution=data_parallel", "--num_processes=2", f"--output_dir={output_dir}"]
+    common = [*flags, f"--distribution={distribution}", "--num_processes=2", f"--output_dir={output_dir}"]
     if backend() == "jax":
         port = free_ports(1)[0]
         env = dict(env, XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
@@ -180,3 +182,18 @@ def test_two_processes_stream_a_folder_like_one_process(tmp_path, jax_subprocess
     a, b = (json.load(open(os.path.join(d, "metrics.json"))) for d in (one, two))
     assert a["flags"]["stream"] and b["flags"]["num_processes"] == 2 and len(b["history"]) == 2
     assert_same_losses(a, b, ("loss", "ce", "intra", "negatives", "test_loss", "test_top1"))
+
+
+def test_model_parallel_in_two_processes_like_one_process(tmp_path, jax_subprocess_env):
+    # JAX only (model_parallel is JAX's): each process holds one row of the (batch 2, model 2) mesh,
+    # its 2 devices splitting every conv kernel's output channels, and reads its half of every batch
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2", **jax_subprocess_env)
+    flags = [*TEACHER_FLAGS, "--epochs=2", "--lr_decay_epochs=1", "--model_parallel_size=2"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    reference = one_process(flags, one, env)
+    (out0, err0), (out1, _) = (finish(p) for p in two_processes(flags, two, env, distribution="model_parallel"))
+    finish(reference)
+    assert "process 1: training done; process 0 writes the outputs" in out1 and f"model:   {two}/model.keras" in out0
+    a, b = (json.load(open(os.path.join(d, "metrics.json"))) for d in (one, two))
+    assert b["flags"]["distribution"] == "model_parallel" and b["flags"]["num_processes"] == 2
+    assert_same_losses(a, b, ("loss", "ce", "intra", "negatives", "margin_pass", "test_loss", "test_top1"))
