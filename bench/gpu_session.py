@@ -142,7 +142,8 @@ def throughput(config, deadline, workdir, log, run=run_until):
         stage = {"steps": steps, "batch": batch}
         result["stages"].append(stage)
         count, left = len(steps.split(",")), deadline - time.time()
-        if left < MIN_STAGE_S or (per_step is not None and 1.2 * per_step * count > left):
+        # per_step includes each stage's start-up and compilation: an over-estimate for more steps
+        if left < MIN_STAGE_S or (per_step is not None and per_step * count > left):
             stage["status"] = "skipped"
             log(f"throughput: {steps} at batch {batch} skipped, the budget would not cover it ({left:.0f} s left"
                 + (f", ~{per_step * count:.0f} s needed)" if per_step else ")"))

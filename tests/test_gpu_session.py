@@ -96,14 +96,17 @@ def fake_train_step(clock, seconds_per_step, codes=None):
 def test_throughput_stages_in_order_within_the_budget(tmp_path, monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(gpu_session.time, "time", clock.time)
-    config = dict(gpu_session.TINY, modes=("jax",), stages=(("kd", 64), ("a,b,c", 64), ("kd", 256)))
+    config = dict(gpu_session.TINY, modes=("jax",), stages=(("kd", 64), ("a,b,c", 64), ("a,b,c", 256)))
     run, calls = fake_train_step(clock, 10.0)
-    # 50 s: kd (10 s, 10 s a step), then a,b,c (needs 1.2 x 30 = 36 s, 40 s left: runs, 30 s), then
-    # kd at 256 needs 12 s with 10 s left: skipped
-    out = gpu_session.throughput(config, clock.now + 50.0, str(tmp_path), lambda message: None, run=run)
+    # 75 s: kd (10 s: 10 s a step), a,b,c at 64 (needs 30 s, 65 s left), a,b,c at 256 (needs 30 s, 35 s left)
+    out = gpu_session.throughput(config, clock.now + 75.0, str(tmp_path), lambda message: None, run=run)
+    assert [s["status"] for s in out["stages"]] == ["done"] * 3 and len(calls) == 3
+    # 65 s: the last stage would need 30 s with 25 s left: skipped
+    clock.now, calls[:] = 1000.0, []
+    out = gpu_session.throughput(config, clock.now + 65.0, str(tmp_path), lambda message: None, run=run)
     assert calls == [("kd", 64), ("a,b,c", 64)]
     assert [(s["steps"], s["batch"], s["status"]) for s in out["stages"]] == [
-        ("kd", 64, "done"), ("a,b,c", 64, "done"), ("kd", 256, "skipped")]
+        ("kd", 64, "done"), ("a,b,c", 64, "done"), ("a,b,c", 256, "skipped")]
     assert [r["step"] for r in out["rows"]] == ["kd", "a", "b", "c"]
     assert out["stages"][1]["seconds"] == 30.0
 
