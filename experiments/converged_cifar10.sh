@@ -6,8 +6,8 @@
 #
 # teachers: imports the published akamaster resnet20 (../shared/teachers), fine-tunes it on the full
 #   CIFAR-10 JPEG copy with CE and with CE + lambda * L_intra (experiments/flags/converged/ft_teacher.flags)
-#   for lambda in $LAMBDAS, two more CE teachers with --seed=1 and --seed=2, and evaluates each teacher
-#   (--mode=evaluate, soft labels at T = 4).
+#   for lambda in $LAMBDAS, two more CE teachers with --seed=1 and --seed=2 and a second lambda-0.05 ICC
+#   teacher with --seed=1, and evaluates each teacher (--mode=evaluate, soft labels at T = 4).
 # students: the resnet8 student flagfiles of experiments/flags/converged/ over seeds $SEEDS through
 #   experiments/sweep.py (alone; KD from each teacher, the three CE teachers included; DKD; CRD; KD + RKD from
 #   the ICC teacher that rkd_icc.flags names and from the CE teacher).
@@ -58,13 +58,17 @@ if [[ " $stages " == *" teachers "* ]]; then
   for seed in 1 2; do
     once "$out/ft_teacher_lambda0_seed$seed" --flagfile="$flags/ft_teacher.flags" --icc_lambda=0 --seed=$seed
   done
-  for teacher in $(printf 'ft_teacher_lambda%s ' $lambdas) ft_teacher_lambda0_seed1 ft_teacher_lambda0_seed2; do
+  # a second ICC teacher of one lambda: how far KD moves between ICC teachers, a fourth for the teacher level
+  once "$out/ft_teacher_lambda0.05_seed1" --flagfile="$flags/ft_teacher.flags" --icc_lambda=0.05 --seed=1
+  for teacher in $(printf 'ft_teacher_lambda%s ' $lambdas) ft_teacher_lambda0_seed1 ft_teacher_lambda0_seed2 \
+      ft_teacher_lambda0.05_seed1; do
     once "$out/$teacher/evaluate" --mode=evaluate --model="$out/$teacher/model.keras" \
       --dataset=folder --data_dir="$data"
   done
 fi
 if [[ " $stages " == *" students "* ]]; then
-  main=("$flags/kd_ce.flags" "$flags/kd_ce_teacher2.flags" "$flags/kd_ce_teacher3.flags")
+  main=("$flags/kd_ce.flags" "$flags/kd_ce_teacher2.flags" "$flags/kd_ce_teacher3.flags"
+        "$flags/kd_icc0.05_teacher2.flags")
   for lambda in $lambdas; do [[ $lambda == 0 ]] || main+=("$flags/kd_icc$lambda.flags"); done
   sweep "${main[@]}" "$flags/alone.flags" "$flags/dkd.flags" "$flags/crd.flags"
   if [[ -f "$flags/rkd_icc.flags" ]]; then sweep "$flags/rkd_icc.flags" "$flags/rkd_ce.flags"; fi

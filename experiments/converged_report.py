@@ -48,6 +48,8 @@ SETTINGS = {
     "kd_ce_teacher3": ("KD from a third CE teacher (fine-tuning seed 2)", "ft_teacher_lambda0_seed2"),
     "kd_icc0.01": ("KD from ICC lambda 0.01 (Ours)", "ft_teacher_lambda0.01"),
     "kd_icc0.05": ("KD from ICC lambda 0.05 (Ours)", "ft_teacher_lambda0.05"),
+    "kd_icc0.05_teacher2": ("KD from a second ICC lambda 0.05 teacher (fine-tuning seed 1)",
+                            "ft_teacher_lambda0.05_seed1"),
     "kd_icc0.1": ("KD from ICC lambda 0.1 (Ours)", "ft_teacher_lambda0.1"),
     "rkd_icc": ("KD + RKD from the best ICC teacher (Ours+RKD)", None),
     "rkd_ce": ("KD + RKD from the CE teacher", "ft_teacher_lambda0"),
@@ -269,14 +271,15 @@ def figure(rows, groups, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ft = sorted((r for r in rows.values() if r["kind"] == "ft" and r["seed"] == 0), key=lambda r: r["lambda"])
+    named = [dict(r, name=name) for name, r in rows.items()]
+    ft = sorted((r for r in named if r["kind"] == "ft" and r["seed"] == 0), key=lambda r: r["lambda"])
     if not ft:
         return False
     lambdas = [r["lambda"] for r in ft]
     x = np.arange(len(lambdas))
     # teachers fine-tuned with another seed: hollow markers beside their lambda
     others, beside = [], {}
-    for r in sorted(rows.values(), key=lambda r: (r["lambda"], r["seed"])):
+    for r in sorted(named, key=lambda r: (r["lambda"], r["seed"])):
         if r["kind"] == "ft" and r["seed"] != 0 and r["lambda"] in lambdas:
             beside[r["lambda"]] = beside.get(r["lambda"], 0) + 1
             others.append((lambdas.index(r["lambda"]) + 0.15 * beside[r["lambda"]], r))
@@ -301,16 +304,19 @@ def figure(rows, groups, path):
             pad = max(0.02 * abs(np.mean(values)) - (high - low), 0.0) / 2 + 0.1 * (high - low)
             ax.set_ylim(low - pad, high + pad)
     ax = axes[3]
-    means, stds = [], []
-    for lam in lambdas:
-        g = groups.get("kd_ce" if lam == 0 else f"kd_icc{lam:g}")
-        means.append(g["last_mean_std"][0] if g else np.nan)
-        stds.append(g["last_mean_std"][1] if g and len(g["seeds"]) > 1 else 0.0)
+    # the KD arm of each teacher (plain KD only)
+    kd_of = {teacher: s for s, (_, teacher) in SETTINGS.items() if teacher and s.startswith(("kd_ce", "kd_icc"))}
+
+    def kd(r):
+        g = groups.get(kd_of.get(r["name"]))
+        return (g["last_mean_std"][0], g["last_mean_std"][1] if len(g["seeds"]) > 1 else 0.0) if g else (np.nan, 0.0)
+
+    means, stds = zip(*(kd(r) for r in ft))
     ax.errorbar(x, means, yerr=stds, marker="o", capsize=4, label="KD from the teacher")
-    for i, g in enumerate(groups[s] for s in CE_KD[1:] if s in groups and 0.0 in lambdas):
-        ax.errorbar([lambdas.index(0.0) + 0.15 * (i + 1)], [g["last_mean_std"][0]],
-                    yerr=[g["last_mean_std"][1] if len(g["seeds"]) > 1 else 0.0], marker="o", mfc="none",
-                    linestyle="", capsize=4, color="C1", label="KD from another CE teacher" if i == 0 else None)
+    hollow = [(pos, kd(r)) for pos, r in others if kd_of.get(r["name"]) in groups]
+    for i, (pos, (mean, std)) in enumerate(hollow):
+        ax.errorbar([pos], [mean], yerr=[std], marker="o", mfc="none", linestyle="", capsize=4, color="C1",
+                    label="KD from a teacher of another fine-tuning seed" if i == 0 else None)
     for setting, style in (("alone", ":"), ("dkd", "--"), ("crd", "-.")):
         if setting in groups:
             ax.axhline(groups[setting]["last_mean_std"][0], linestyle=style, color="grey", label=setting.upper()

@@ -148,8 +148,9 @@ def test_report_on_fake_runs(tmp_path):
     assert set(numbers["paired_against_mean_of_ce_teachers"]) == {"kd_icc0.1"}
     assert numbers["paired_rkd_icc_against_rkd_ce"] == {}
 
-    # the third CE teacher's KD completes; KD + RKD from each kind of teacher arrives
+    # the third CE teacher's KD completes; a second ICC teacher's KD and KD + RKD from each kind of teacher arrive
     write_students(runs, [("kd_ce_teacher3", "ft_teacher_lambda0_seed2", [69.0, 71.5, 71.0]),
+                          ("kd_icc0.05_teacher2", "ft_teacher_lambda0.05_seed1", [72.0, 72.5, 73.0]),
                           ("rkd_icc", "ft_teacher_lambda0.1", [72.0, 71.0, 73.0]),
                           ("rkd_ce", "ft_teacher_lambda0", [71.0, 71.5, 72.0])])
     write(str(runs / "ft_teacher_lambda0_seed2" / "metrics.json"), teacher_metrics(86.0, 2, 0.62))
@@ -158,9 +159,11 @@ def test_report_on_fake_runs(tmp_path):
     # the mean of three CE arms per seed (69.83, 71.0, 71.83): ICC +1.17, +0.50, +1.67
     assert "mean of KD from the 3 CE teachers" in text
     assert "| KD from ICC lambda 0.1 (Ours) | 0,1,2 | s0: +1.17; s1: +0.50; s2: +1.67 | +1.11 |" in text
-    # teacher level: CE 71.00, 71.17, 70.50 against ICC 72.00: U = 3 of 3, one split of C(4, 1) = 4
+    # teacher level: CE 71.00, 71.17, 70.50 against ICC 72.00, 72.50: U = 6 of 6, one split of C(5, 2) = 10
     assert numbers["teacher_level"]["kd_mean_per_teacher"]["kd_ce_teacher3"] == pytest.approx(70.5)
-    assert "6 of 6" not in text and "exact one-sided p = 0.250." in text
+    assert "over the CE teachers 6 of 6, exact one-sided p = 0.100." in text
+    assert "| KD from a second ICC lambda 0.05 teacher (fine-tuning seed 1) | ft_teacher_lambda0.05_seed1 (87.00) |" \
+        in text
     # Ours+RKD against KD + RKD from the CE teacher: +1.0, -0.5, +1.0 (mean 0.5, std 0.866, t = 1.0)
     rkd = text.split("### KD + RKD")[1]
     assert "| KD + RKD from the best ICC teacher (Ours+RKD) | 0,1,2 | s0: +1.00; s1: -0.50; s2: +1.00 | +0.50 | 0.87 " \
