@@ -2,8 +2,8 @@
 
     bash bench/gpu_session.sh [--tiny] [--out_dir=DIR] [--budget_s=480]   (sets up Keras, then runs this)
 
-Sections, in order, each recorded in DIR/gpu_session.json (written again after each section, so
-a run cut short still leaves what it measured):
+Sections, in order, each recorded in DIR/gpu_session.json and, as tables, DIR/gpu_session.md (both
+written again after each section, so a run cut short still leaves what it measured):
 
 1. environment: Python, JAX, Keras, NumPy, PyTorch versions, the devices, the setup time.
 2. input pipeline: samples/s of the TensorFlow-free pipeline (keras_icckd/data/numpy_pipeline.py)
@@ -45,6 +45,8 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import train_step  # noqa: E402  (no framework at import time)
 
 SECTIONS = ("pipeline", "throughput", "run")
 GOAL_EPOCHS, GOAL_TRAIN_IMAGES, GOAL_MINUTES = 240, 50000, 30.0
@@ -165,8 +167,9 @@ def throughput(config, deadline, workdir, log, run=run_until):
         with open(out) as f:
             report = json.load(f)
         result["rows"] += report["rows"]
-        result["checks"] += report["checks"]
         result.setdefault("meta", report["modes"])
+    # the targets over every stage's rows (an objective's step against the KD step of another stage)
+    result["checks"] = train_step.analyse(result["rows"], modes)[1]
     return result
 
 
@@ -218,6 +221,53 @@ def projection(rows, pipeline):
     return out
 
 
+def markdown_report(report):
+    """The session's report as Markdown: what gpu_session.json holds, as tables."""
+    env = report.get("environment", {})
+    out = [f"# GPU session of {report['date']}" + (" (tiny sizes)" if report["tiny"] else ""), "",
+           f"Device {env.get('device_kind')} ({', '.join(env.get('devices', []))}), {env.get('cpu_count')} CPU cores; "
+           f"Python {env.get('python')}, JAX {env.get('jax')}, Keras {env.get('keras')}, NumPy {env.get('numpy')}, "
+           f"PyTorch {env.get('torch') or 'absent'}. Setup {report['setup_s']:g} s; the sections took "
+           f"{report.get('elapsed_s', 0):g} s of a {report['budget_s']:g}-second budget. Data: {report.get('data')}."]
+    if "pipeline" in report:
+        p = report["pipeline"]
+        out += ["", f"## Input pipeline (NumPy, {p['threads']} threads, batch {p['batch']})", "",
+                "| kind | samples/s |", "|---|---|"]
+        out += [f"| {kind} | {rate:,.0f} |" for kind, rate in p["samples_per_s"].items()]
+    if "throughput" in report:
+        t = report["throughput"]
+        out += ["", f"## Training-step throughput ({t['pair']}, modes {', '.join(t['modes'])})", "",
+                "Stages: " + "; ".join(f"{s['steps']} at batch {s['batch']}: {s['status']}"
+                                       + (f" ({s['seconds']:g} s)" if "seconds" in s else "") for s in t["stages"])
+                + "."]
+        if t["rows"]:
+            out += ["", train_step.markdown(train_step.analyse(t["rows"], t["modes"])[0]), ""]
+            out += [f"- {'met' if c['ok'] else 'MISSED'}{'' if c['reliable'] else ' (unreliable)'}: "
+                    f"{c['target']}, {c['mode']} at batch {c['batch']}: {c['value']:.2f}" for c in t["checks"]]
+    if report.get("projection"):
+        out += ["", f"## Projection: the {GOAL_EPOCHS}-epoch CIFAR-100 KD run (goal {GOAL_MINUTES:g} minutes)", "",
+                "| mode | batch | step images/s | with the pipeline's limit | minutes | goal met |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {p['mode']} | {p['batch']} | {p['step_images_per_s']:,.0f} | {p['images_per_s']:,.0f} | "
+                f"{p['minutes']:g} | {'yes' if p['goal_met'] else 'no'} |" for p in report["projection"]]
+    if "real_data_run" in report:
+        r = report["real_data_run"]
+        out += ["", "## Real-data run (experiments/run.py, ICC teacher)", ""]
+        if "error" in r:
+            out.append(f"Not finished: {r['error']} after {r['seconds']:g} s; epochs completed: "
+                       f"{r.get('epochs_completed', 0)}.")
+        else:
+            out.append(f"{r['num_train']} / {r['num_test']} images, {len(r['history'])} epochs in {r['seconds']:g} s: "
+                       f"test top-1 {r['test_top1']:.2f} % (best {r['best_test_top1']:.2f} %)"
+                       + (f", target {r['target_top1']:g} %: {'met' if r['target_met'] else 'MISSED'}"
+                          if "target_top1" in r else "") + ".")
+        if r.get("history"):
+            out += ["", "| epoch | loss | train top-1 (%) | test top-1 (%) |", "|---|---|---|---|"]
+            out += [f"| {h['epoch']} | {h.get('loss', float('nan')):.4f} | {h.get('train_top1', float('nan')):.2f} | "
+                    f"{h.get('test_top1', float('nan')):.2f} |" for h in r["history"]]
+    return "\n".join(out) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="toy sizes, any machine (the test)")
@@ -242,10 +292,11 @@ def main():
         print(f"[gpu_session {time.time() - start:6.1f} s] {message}", flush=True)
 
     def save():
-        from keras_icckd.training import atomic_write_json
+        from keras_icckd.training import atomic_write_json, atomic_write_text
 
         report["elapsed_s"] = round(time.time() - start, 1)
         atomic_write_json(report, os.path.join(args.out_dir, "gpu_session.json"))
+        atomic_write_text(markdown_report(report), os.path.join(args.out_dir, "gpu_session.md"))
 
     with tempfile.TemporaryDirectory() as workdir:
         os.environ.setdefault("KERAS_ICCKD_CACHE", os.path.join(workdir, "cache"))  # decoded once, reused by run.py

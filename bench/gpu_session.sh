@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session in one command (BUILD.md, "GPU session"): training-step throughput of Keras on JAX
 # (float32, bfloat16) against PyTorch, input-pipeline images/s, a short real-data run, and the
-# projected time of the 240-epoch CIFAR-100 KD run; JSON into --out_dir.
+# projected time of the 240-epoch CIFAR-100 KD run; gpu_session.json and gpu_session.md (tables) into --out_dir.
 #
 #   bash bench/gpu_session.sh [--tiny] [--out_dir=DIR] [--budget_s=480]
 #

@@ -387,21 +387,18 @@ def main(argv):
               "Paired by seed against KD from the from-scratch CE teacher (difference = arm - that KD):", "",
               paired_table(scratch, ["kd_scratch_icc"])]
     text = "\n".join(parts)
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+    from keras_icckd.training import atomic_write_json, atomic_write_text
+
     if os.path.isfile(FLAGS.markdown):
         doc = open(FLAGS.markdown).read()
         if BEGIN not in doc or END not in doc:
             raise app.UsageError(f"--markdown={FLAGS.markdown!r} lacks the {BEGIN} / {END} markers")
         head, rest = doc.split(BEGIN, 1)
-        doc = head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1]
-        with open(FLAGS.markdown + ".tmp", "w") as f:
-            f.write(doc)
-        os.replace(FLAGS.markdown + ".tmp", FLAGS.markdown)
+        atomic_write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1], FLAGS.markdown)
     else:
         print(text)
     drew = figure(rows, groups, FLAGS.figure)
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-    from keras_icckd.training import atomic_write_json
-
     os.makedirs(os.path.dirname(FLAGS.summary), exist_ok=True)
     atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons,
                        "ce_teachers_in_mean": ce, "paired_against_mean_of_ce_teachers": ce_all,

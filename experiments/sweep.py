@@ -89,18 +89,14 @@ def sweep_table(groups):
 
 
 def write_outputs(root, groups, failed, command):
-    from keras_icckd.training import atomic_write_json  # imports Keras: only once there is a table
+    from keras_icckd.training import atomic_write_json, atomic_write_text  # imports Keras: once there is a table
 
     text, summary = sweep_table(groups)
     body = [f"# Sweep {os.path.basename(os.path.normpath(root))}", "", f"Command: `{command}`", "",
             "Test top-1 over seeds: mean +- sample std; best = the best epoch of each run.", "", text]
     if failed:
         body += ["", "Failed runs: " + ", ".join(failed)]
-    path = os.path.join(root, "sweep.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(body) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text("\n".join(body) + "\n", os.path.join(root, "sweep.md"))
     atomic_write_json({"settings": summary, "failed": failed, "command": command},
                       os.path.join(root, "sweep.json"))
     return text

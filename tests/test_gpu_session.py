@@ -26,6 +26,8 @@ def test_tiny_session_writes_its_report(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.load(open(tmp_path / "gpu_session.json"))
     assert report["tiny"] and report["environment"]["keras"] and report["data"]["train"] == 200
+    text = (tmp_path / "gpu_session.md").read_text()
+    assert text.startswith(f"# GPU session of {report['date']} (tiny sizes)")
     if backend() == "jax":
         rows = report["throughput"]["rows"]
         modes = {r["mode"] for r in rows}
@@ -35,6 +37,7 @@ def test_tiny_session_writes_its_report(tmp_path):
         (projected,) = report["projection"]
         assert projected["minutes"] == pytest.approx(240 * 50000 / kd["images_per_s"] / 60, abs=0.05)
         assert "pipeline" not in report and "real_data_run" not in report
+        assert "| kd | resnet8 <- resnet14 | 8 |" in text and "## Projection" in text
     else:
         rates = report["pipeline"]["samples_per_s"]
         assert len(rates) == 3 and all(rate > 0 for rate in rates.values())
@@ -42,6 +45,7 @@ def test_tiny_session_writes_its_report(tmp_path):
         assert run["num_train"] == 200 and run["num_test"] == 50 and 0 <= run["test_top1"] <= 100
         assert [r["epoch"] for r in run["history"]] == [1]
         assert "throughput" not in report
+        assert "## Input pipeline" in text and "## Real-data run" in text and "200 / 50 images, 1 epochs" in text
 
 
 def test_projection_and_goal():
@@ -87,7 +91,8 @@ def fake_train_step(clock, seconds_per_step, codes=None):
         if code == 0:
             with open(args["json"], "w") as f:
                 json.dump({"modes": {"jax": {}}, "checks": [], "rows": [
-                    {"step": s, "mode": "jax", "batch": batch, "images_per_s": 1.0} for s in steps]}, f)
+                    {"step": s, "mode": "jax", "batch": batch, "student": "s", "teacher": "t", "images_per_s": 1.0}
+                    for s in steps]}, f)
         return code
 
     return run, calls
@@ -168,3 +173,37 @@ def test_cut_off_real_data_run_reports_its_checkpoint(tmp_path):
                                  {"epoch": 2, "loss": 1.5, "test_top1": 45.0}]
     failed = gpu_session.real_data_run(gpu_session.TINY, "data.tar.gz", 5.0, str(tmp_path / "x"), run=lambda c, d: 2)
     assert failed["error"] == "run.py failed (exit code 2)" and "history" not in failed
+
+
+def test_markdown_report_compares_rows_across_stages():
+    # the KD step from the first stage, DKD from the second: the DKD-vs-KD target spans both
+    rows = [{"step": "kd", "mode": "jax", "batch": 64, "student": "s", "teacher": "t", "images_per_s": 10000.0,
+             "rel_iqr": 0.05},
+            {"step": "kd", "mode": "torch", "batch": 64, "student": "s", "teacher": "t", "images_per_s": 8000.0,
+             "rel_iqr": 0.05},
+            {"step": "dkd", "mode": "jax", "batch": 64, "student": "s", "teacher": "t", "images_per_s": 9000.0,
+             "rel_iqr": 0.40}]
+    modes = ["jax", "torch"]
+    report = {"date": "2026-11-30", "tiny": False, "budget_s": 480.0, "setup_s": 12.0, "elapsed_s": 470.0,
+              "environment": {"device_kind": "NVIDIA H200", "devices": ["cuda:0"], "cpu_count": 16, "jax": "0.11.2"},
+              "pipeline": {"batch": 256, "threads": 16, "samples_per_s": {"kd (1 view)": 30000.0}},
+              "throughput": {"pair": "s:t", "modes": modes, "rows": rows,
+                             "checks": gpu_session.train_step.analyse(rows, modes)[1],
+                             "stages": [{"steps": "kd", "batch": 64, "status": "done", "seconds": 60.0},
+                                        {"steps": "dkd", "batch": 64, "status": "done", "seconds": 50.0},
+                                        {"steps": "kd", "batch": 256, "status": "skipped"}]},
+              "projection": gpu_session.projection(rows, {"samples_per_s": {"kd (1 view)": 30000.0}}),
+              "real_data_run": {"error": "cut off by the budget", "seconds": 150.0, "epochs_completed": 1,
+                                "history": [{"epoch": 1, "loss": 2.5, "train_top1": 30.0, "test_top1": 40.0}]}}
+    text = gpu_session.markdown_report(report)
+    assert "Device NVIDIA H200 (cuda:0), 16 CPU cores" in text and "PyTorch absent" in text
+    assert "| kd (1 view) | 30,000 |" in text
+    assert "kd at batch 64: done (60 s); dkd at batch 64: done (50 s); kd at batch 256: skipped." in text
+    assert "best Keras (jax) / torch = 1.25" in text  # 10,000 / 8,000
+    assert "jax: 1.11x kd (unreliable: spread 40 %)" in text  # 10,000 / 9,000, DKD's spread
+    assert "- met: best Keras kd step >= 1.0x torch, jax at batch 64: 1.25" in text
+    assert "- met (unreliable): dkd step <= 1.15x kd step, jax at batch 64: 1.11" in text
+    # 240 x 50,000 images at 10,000 images/s: 20 minutes
+    assert "| jax | 64 | 10,000 | 10,000 | 20 | yes |" in text
+    assert "Not finished: cut off by the budget after 150 s; epochs completed: 1." in text
+    assert "| 1 | 2.5000 | 30.00 | 40.00 |" in text

@@ -54,6 +54,16 @@ def test_atomic_json_writes_and_cleans_up(tmp_path):
     assert os.listdir(tmp_path) == ["metrics.json"]  # and no temp file is left
 
 
+def test_atomic_text_writes_and_cleans_up(tmp_path):
+    path = os.path.join(tmp_path, "report.md")
+    training.atomic_write_text("# one\n", path)
+    training.atomic_write_text("# two\n", path)
+    assert open(path).read() == "# two\n"
+    with pytest.raises(TypeError):
+        training.atomic_write_text(None, path)
+    assert open(path).read() == "# two\n" and os.listdir(tmp_path) == ["report.md"]
+
+
 def test_atomic_model_save_refuses_wrong_suffix_and_leaves_nothing(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match=".keras"):

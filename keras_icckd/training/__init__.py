@@ -4,6 +4,7 @@ from keras_icckd.training.callbacks import ClassDistanceDiagnostics
 from keras_icckd.training.diagnostics import class_distance_stats
 from keras_icckd.training.outputs import atomic_save_model
 from keras_icckd.training.outputs import atomic_write_json
+from keras_icckd.training.outputs import atomic_write_text
 from keras_icckd.training.outputs import load_model_file
 from keras_icckd.training.outputs import plot_curves
 from keras_icckd.training.optimizers import TorchSGD

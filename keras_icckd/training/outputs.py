@@ -51,6 +51,17 @@ def atomic_write_json(obj, path):
     _replace_or_remove(_temp_beside(path, ".tmp"), path, write)
 
 
+def atomic_write_text(text, path):
+    """Writes `text` to a temp file beside `path`, then renames it over `path`."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _replace_or_remove(_temp_beside(path, ".tmp"), path, write)
+
+
 def atomic_save_model(model, path):
     """`model.save(path)` through a temp file in the same folder and a rename."""
     if not path.endswith(".keras"):
