@@ -241,8 +241,8 @@ def markdown_report(report):
                                        + (f" ({s['seconds']:g} s)" if "seconds" in s else "") for s in t["stages"])
                 + "."]
         if t["rows"]:
-            out += ["", train_step.markdown(train_step.analyse(t["rows"], t["modes"])[0]), ""]
-            out += [f"- {'met' if c['ok'] else 'MISSED'}{'' if c['reliable'] else ' (unreliable)'}: "
+            out += ["", train_step.markdown(train_step.analyse(t["rows"], t["modes"])[0])]
+            out += [""] * bool(t["checks"]) + [f"- {'met' if c['ok'] else 'MISSED'}{'' if c['reliable'] else ' (unreliable)'}: "
                     f"{c['target']}, {c['mode']} at batch {c['batch']}: {c['value']:.2f}" for c in t["checks"]]
     if report.get("projection"):
         out += ["", f"## Projection: the {GOAL_EPOCHS}-epoch CIFAR-100 KD run (goal {GOAL_MINUTES:g} minutes)", "",
