@@ -60,6 +60,7 @@ ONE_BACKEND = {
     "tests/test_streaming.py": "tensorflow",  # tf.data whatever the Keras backend
     "tests/test_distribution.py::test_a_model_axis_may_not_span_processes": "jax",  # model_parallel is JAX's
     "tests/test_multi_host.py::test_model_parallel_in_two_processes_like_one_process": "jax",  # likewise
+    "tests/test_gpu_session.py::test_run_until_kills_the_whole_process_group": "jax",  # processes, no Keras
     "tests/test_tinyimagenet.py::test_tinyimagenet_loads": "tensorflow",
     "tests/test_tinyimagenet.py::test_default_location": "tensorflow",
     "tests/test_tinyimagenet.py::test_resized": "tensorflow",

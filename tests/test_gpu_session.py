@@ -136,7 +136,7 @@ def test_run_until_kills_the_whole_process_group(tmp_path):
     script = ("import subprocess, sys, time; "
               "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
               f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
-    assert gpu_session.run_until([sys.executable, "-c", script], 0.0, floor_s=3.0) is None
+    assert gpu_session.run_until([sys.executable, "-c", script], 0.0, floor_s=10.0) is None  # time to start both
     child = int(pid_file.read_text())
     for _ in range(50):  # the child is killed with the group (reaped by init soon after)
         try:
