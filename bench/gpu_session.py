@@ -173,6 +173,11 @@ def throughput(config, deadline, workdir, log, run=run_until):
     return result
 
 
+def epoch_summaries(history):
+    """The epoch, loss and top-1 figures of a run's history rows."""
+    return [{k: r[k] for k in ("epoch", "loss", "train_top1", "test_top1") if k in r} for r in history]
+
+
 def real_data_run(config, data_path, timeout, workdir, run=run_until):
     """experiments/run.py: an ICC teacher on the CIFAR-10 archive, NumPy pipeline; its results."""
     out = os.path.join(workdir, "run")
@@ -191,16 +196,14 @@ def real_data_run(config, data_path, timeout, workdir, run=run_until):
             from keras_icckd.training import read_checkpoint
 
             record = read_checkpoint(checkpoint)[0]
-            result.update(epochs_completed=record["epoch"], history=[
-                {k: r[k] for k in ("epoch", "loss", "train_top1", "test_top1") if k in r} for r in record["history"]])
+            result.update(epochs_completed=record["epoch"], history=epoch_summaries(record["history"]))
         return result
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     result = {"command": command[1:], "seconds": round(time.time() - start, 1), "test_top1": metrics["test_top1"],
               "best_test_top1": metrics["best_test_top1"], "train_seconds": metrics["wall_seconds"],
               "num_train": metrics["num_train"], "num_test": metrics["num_test"],
-              "history": [{k: r[k] for k in ("epoch", "loss", "train_top1", "test_top1") if k in r}
-                          for r in metrics["history"]]}
+              "history": epoch_summaries(metrics["history"])}
     if config["target_top1"] is not None:
         result.update(target_top1=config["target_top1"], target_met=metrics["test_top1"] >= config["target_top1"])
     return result
@@ -242,8 +245,9 @@ def markdown_report(report):
                 + "."]
         if t["rows"]:
             out += ["", train_step.markdown(train_step.analyse(t["rows"], t["modes"])[0])]
-            out += [""] * bool(t["checks"]) + [f"- {'met' if c['ok'] else 'MISSED'}{'' if c['reliable'] else ' (unreliable)'}: "
-                    f"{c['target']}, {c['mode']} at batch {c['batch']}: {c['value']:.2f}" for c in t["checks"]]
+        if t["checks"]:
+            out += [""] + [f"- {'met' if c['ok'] else 'MISSED'}{'' if c['reliable'] else ' (unreliable)'}: "
+                           f"{c['target']}, {c['mode']} at batch {c['batch']}: {c['value']:.2f}" for c in t["checks"]]
     if report.get("projection"):
         out += ["", f"## Projection: the {GOAL_EPOCHS}-epoch CIFAR-100 KD run (goal {GOAL_MINUTES:g} minutes)", "",
                 "| mode | batch | step images/s | with the pipeline's limit | minutes | goal met |",

@@ -41,14 +41,7 @@ def atomic_write_json(obj, path):
             return [clean(v) for v in value]
         return value
 
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(clean(obj), f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    _replace_or_remove(_temp_beside(path, ".tmp"), path, write)
+    atomic_write_text(json.dumps(clean(obj), indent=2, sort_keys=True) + "\n", path)
 
 
 def atomic_write_text(text, path):
