@@ -129,9 +129,9 @@ def resume_in_two_processes(flags, reference, one, two, epoch, env):
     return a, b
 
 
-def assert_same_losses(a, b, keys):
+def assert_same_losses(a, b, keys, rtol=1e-4):
     for key in keys:
-        np.testing.assert_allclose([r[key] for r in b["history"]], [r[key] for r in a["history"]], rtol=1e-4,
+        np.testing.assert_allclose([r[key] for r in b["history"]], [r[key] for r in a["history"]], rtol=rtol,
                                    atol=1e-6, err_msg=key)
 
 
@@ -163,8 +163,11 @@ def test_killed_two_process_teacher_run_resumes_to_the_one_process_losses(tmp_pa
     assert not {"metrics.json", "model.keras"} & set(os.listdir(two))
     a, b = resume_in_two_processes(TEACHER_FLAGS, reference, one, two, epoch, env)
     # Every epoch: the killed run's (restored from its checkpoint) and the resumed run's. The cache,
-    # the negatives and the intra-class term see the global batch in both processes.
-    assert_same_losses(a, b, ("loss", "ce", "intra", "negatives", "margin_pass", "test_loss"))
+    # the negatives and the intra-class term see the global batch in both processes. Within 1e-3: on an
+    # AVX-512 CPU (AMD EPYC) rounding drifts further over the 18 steps (TensorFlow: the intra-class term
+    # of epoch 3 2e-4 apart, the same for a two-process run never killed); a process reading the wrong
+    # share of the batch, or a loss not divided by the replicas, is off by 5e-3 or more.
+    assert_same_losses(a, b, ("loss", "ce", "intra", "negatives", "margin_pass", "test_loss"), rtol=1e-3)
 
 
 def test_two_processes_stream_a_folder_like_one_process(tmp_path, jax_subprocess_env):
