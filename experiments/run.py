@@ -8,6 +8,8 @@ The backend is chosen by KERAS_BACKEND (tensorflow or jax), as everywhere in Ker
 A run writes into --output_dir: model.keras, metrics.json, curves.png and tensorboard/.
 """
 
+import json
+import math
 import os
 import sys
 import time
@@ -138,7 +140,11 @@ flags.DEFINE_float("evaluate_temperature", 4.0,
                    "--mode=evaluate: temperature T of the soft-label statistics (entropy and off-true-class mass "
                    "of softmax(z/T), the distillation temperature).")
 
+flags.DEFINE_bool("check_flags", False, "Parse the flags (flagfiles included), print their values as JSON and "
+                  "exit without running (experiments/sweep.py checks its runs with it before starting any).")
+
 flags.mark_flag_as_required("output_dir")
+OWN_FLAGS = tuple(f.name for f in FLAGS.get_flags_for_module(sys.modules[__name__]))
 
 
 def several_jax_processes():
@@ -169,6 +175,12 @@ def validate_flags():
 
     from keras_icckd import export
 
+    for name in OWN_FLAGS:
+        if isinstance(FLAGS[name].value, float):
+            need(math.isfinite(FLAGS[name].value), name, "a finite number")
+    for name, modes in MODE_INPUTS.items():
+        need(FLAGS.mode in modes or not FLAGS[name].present, name,
+             f"unset unless --mode={' or --mode='.join(modes)} (it is what that mode reads; here --mode={FLAGS.mode})")
     if FLAGS.mode == "import":
         validate_import_flags(need)
     if FLAGS.mode == "evaluate":
@@ -277,6 +289,31 @@ def validate_flags():
         os.remove(probe)
     except OSError as e:
         raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} is not writable: {e}")
+    check_output_dir_mode()
+
+
+# The input that each mode reads and no other mode does: given with another --mode, it is refused
+# (e.g. --teacher without --mode=student would otherwise train a teacher).
+MODE_INPUTS = {"teacher": ("student",), "model": ("export", "evaluate"), "torch_checkpoint": ("import",),
+               "torch_normalization": ("import",)}
+
+
+def check_output_dir_mode():
+    """Refuses an --output_dir that holds another mode's outputs (they would be overwritten or mixed)."""
+    if FLAGS.mode == "export":  # writes only its own files (model_*.tflite, export.json)
+        return
+    metrics = os.path.join(FLAGS.output_dir, "metrics.json")
+    try:
+        with open(metrics) as f:
+            mode = json.load(f).get("mode")
+    except (OSError, ValueError, AttributeError):
+        mode = None
+    if mode not in (None, FLAGS.mode):
+        raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} holds the outputs of a --mode={mode} run "
+                             f"({metrics}); --mode={FLAGS.mode} would replace them: use another --output_dir")
+    if FLAGS.mode in ("import", "evaluate") and os.path.exists(os.path.join(FLAGS.output_dir, "checkpoint.npz")):
+        raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} holds a training run's checkpoint.npz; "
+                             f"--mode={FLAGS.mode} would mix its outputs with that run's: use another --output_dir")
 
 
 def validate_import_flags(need):
@@ -394,7 +431,7 @@ def check_fits_data(flag, model, splits):
         raise app.UsageError(
             f"--{flag}={getattr(FLAGS, flag)!r} was trained for {classes} classes on {shape} images, but "
             f"--dataset={FLAGS.dataset} has {splits.num_classes} classes of {data_shape} images")
-    from keras_icckd import backbones, data
+    from keras_icckd import backbones
 
     try:  # an imported model records the normalisation it must be fed
         backbones.check_feed_normalization(model, *normalization_of(splits),
@@ -403,13 +440,40 @@ def check_fits_data(flag, model, splits):
         raise app.UsageError(f"{e} (--dataset={FLAGS.dataset})")
 
 
+def check_teacher_run(splits):
+    """--teacher trained by this project (its run's metrics.json beside it): refuses a teacher trained on
+    images normalised otherwise than this run's (it would see shifted inputs), and warns when it was
+    trained on another dataset (e.g. a synthetic teacher for real images: its soft labels are noise)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(FLAGS.teacher)), "metrics.json")
+    try:
+        with open(path) as f:
+            run_ = json.load(f)
+        trained, name = run_["normalization"], run_["dataset"]
+        if run_.get("mode") not in ("teacher", "student"):
+            return
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record of how the teacher was trained (e.g. an imported model, which records its own)
+    mean, std = (list(map(float, v)) for v in normalization_of(splits))
+    close = (lambda a, b: len(a) == len(b) and all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b)))
+    if not (close(trained["mean"], mean) and close(trained["std"], std)):
+        raise app.UsageError(f"--teacher={FLAGS.teacher!r} was trained on {name} images normalised with mean "
+                             f"{trained['mean']}, std {trained['std']} ({path}), but --dataset={FLAGS.dataset} "
+                             f"({splits.name}) feeds mean {mean}, std {std}")
+    if name != splits.name:
+        logging.warning("--teacher=%s was trained on %s (%s), this run distils on %s: its soft labels only help "
+                        "if the images are alike", FLAGS.teacher, name, path, splits.name)
+
+
 def flag_values():
     return {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
 
 
 # Flags that do not change what is trained: a run may resume with different values.
 RESUMABLE_CHANGES = ("output_dir", "resume", "tensorboard", "jit_compile", "distribution", "model_parallel_size",
-                     "num_processes", "process_id", "coordinator_address", "input_pipeline")
+                     "num_processes", "process_id", "coordinator_address", "input_pipeline", "check_flags")
+
+
+RUN_OUTPUTS = ("checkpoint.npz", "model.keras", "metrics.json", "curves.png")  # what a training run writes
 
 
 def resume_point(path):
@@ -418,13 +482,16 @@ def resume_point(path):
 
     directory, writer = os.path.dirname(path), FLAGS.process_id == 0
     for name in os.listdir(directory) if writer else ():  # temp files of writes that a kill interrupted
-        if name.startswith(tuple(f".{n}." for n in ("checkpoint.npz", "model.keras", "metrics.json", "curves.png"))):
+        if name.startswith(tuple(f".{n}." for n in RUN_OUTPUTS)):
             os.remove(os.path.join(directory, name))
     if not os.path.exists(path):
+        finished = os.path.join(directory, "metrics.json")
+        if FLAGS.resume and os.path.exists(finished):
+            raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} holds a finished run ({finished}) without the "
+                                 "checkpoint.npz to resume from; use another --output_dir, or --noresume to train "
+                                 "anew there (replacing its outputs)")
         return None, 0
-    if not FLAGS.resume:
-        if writer:
-            os.remove(path)
+    if not FLAGS.resume:  # the earlier run's files are removed when the new one starts training (run)
         return None, 0
     try:
         record = training.read_checkpoint(path)[0]
@@ -444,7 +511,6 @@ def resume_point(path):
 
 def build_teacher(splits, steps):
     """--mode=teacher: a ContrastiveTeacher (lambda 0: the CE teacher). Returns the run's pieces."""
-    from keras_icckd import backbones
     from keras_icckd.models import ContrastiveTeacher
 
     # A CE teacher (one view) leaves the projection head without gradients, as intended.
@@ -458,8 +524,7 @@ def build_teacher(splits, steps):
             raise app.UsageError(f"--init_model={FLAGS.init_model!r}: {e}")
         check_fits_data("init_model", backbone, splits)
     else:
-        backbone = backbones.get(FLAGS.arch, num_classes=splits.num_classes,
-                                 input_shape=image_shape(splits))
+        backbone = new_backbone("arch", splits)
     arch = backbone.name
     teacher = ContrastiveTeacher(
         backbone, icc_lambda=FLAGS.icc_lambda, icc_delta=FLAGS.icc_delta, icc_tau=FLAGS.icc_tau,
@@ -468,6 +533,25 @@ def build_teacher(splits, steps):
     return dict(model=teacher, saved=teacher, backbone=backbone, views=2 if FLAGS.icc_lambda > 0 else 1,
                 data_options={}, title=f"{arch} teacher, lambda={FLAGS.icc_lambda}",
                 results={"arch": arch, "init_model": FLAGS.init_model and os.path.abspath(FLAGS.init_model)})
+
+
+def new_backbone(flag, splits):
+    """The --arch / --student_arch backbone for the data's classes and image size (an image size that the
+    network's downsampling reduces to nothing is a usage error)."""
+    from keras_icckd import backbones
+
+    shape = image_shape(splits)
+    try:
+        return backbones.get(FLAGS[flag].value, num_classes=splits.num_classes, input_shape=shape)
+    except ValueError as e:
+        import re
+
+        size = f"--image_size={FLAGS.image_size}" if FLAGS.image_size else f"--dataset={FLAGS.dataset}'s own size"
+        # Keras wraps the reason in the failing layer's call: keep the reason, without terminal colours
+        lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+        reason = [line for line in lines if not line.startswith(("Exception encountered", "Arguments received", "•"))]
+        raise app.UsageError(f"--{flag}={FLAGS[flag].value!r} cannot be built for {shape[0]}x{shape[1]} images "
+                             f"({size}): {(reason or lines)[0]}")
 
 
 KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -495,10 +579,9 @@ def load_student_teacher():
 
 def build_plain_student(splits):
     """--mode=student without --teacher: the --student_arch backbone trained with CE alone, saved plain."""
-    from keras_icckd import backbones
     from keras_icckd.models import ContrastiveTeacher
 
-    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes, input_shape=image_shape(splits))
+    student = new_backbone("student_arch", splits)
     # lambda 0: cross-entropy alone; its unused projection head is frozen and not saved.
     model = ContrastiveTeacher(student, icc_lambda=0.0, icc_cache_size=0)
     return dict(model=model, saved=student, backbone=student, views=1, data_options={},
@@ -508,14 +591,14 @@ def build_plain_student(splits):
 
 def build_student(splits, steps):
     """--mode=student: a Distiller from the --teacher file into a --student_arch student."""
-    from keras_icckd import backbones
     from keras_icckd.models import Distiller
 
     if not FLAGS.teacher:
         return build_plain_student(splits)
     teacher = load_student_teacher()
     check_fits_data("teacher", teacher, splits)
-    student = backbones.get(FLAGS.student_arch, num_classes=splits.num_classes, input_shape=image_shape(splits))
+    check_teacher_run(splits)
+    student = new_backbone("student_arch", splits)
     try:
         distiller = Distiller(student, teacher, FLAGS.objectives, ce_weight=FLAGS.ce_weight,
                               num_train=count(splits, "train"))
@@ -614,6 +697,13 @@ def run(builder, factor):
             logging.info("%s holds a finished run (%d epochs): writing its outputs again without training; "
                          "--noresume trains it anew", FLAGS.output_dir, FLAGS.epochs)
 
+    writer = FLAGS.process_id == 0  # multi-host: process 0 writes, every process reads the checkpoint
+    if record is None and writer:
+        # A fresh start (no checkpoint, or --noresume): an earlier run's outputs go now that the data and
+        # the model are ready, so that a failure from here on cannot leave them looking like this run's.
+        for name in RUN_OUTPUTS:
+            if os.path.exists(os.path.join(FLAGS.output_dir, name)):
+                os.remove(os.path.join(FLAGS.output_dir, name))
     callbacks = []
     several = FLAGS.num_processes > 1  # predict() cannot return arrays that span other processes' devices
     if FLAGS.diagnostic_examples and several:
@@ -622,7 +712,6 @@ def run(builder, factor):
         n = min(FLAGS.diagnostic_examples, count(splits, "test"))
         callbacks.append(training.ClassDistanceDiagnostics(run_["backbone"], *eval_sample(splits, n),
                                                            FLAGS.eval_batch_size))
-    writer = FLAGS.process_id == 0  # multi-host: process 0 writes, every process reads the checkpoint
     recorder = training.RunRecorder(checkpoint_path if writer else None, history=record["history"] if record else (),
                                     elapsed=record["elapsed"] if record else 0.0,
                                     extra={"flags": flag_values()}, start=start)
@@ -766,8 +855,6 @@ def run_import():
 
 def run_evaluate():
     """--mode=evaluate: metrics.json and evaluation.png of --model (.keras or .tflite) on the test set."""
-    import json
-
     import keras
     import numpy as np
 
@@ -854,6 +941,10 @@ def set_up_devices():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.check_flags:
+        defaults = {f.name: f.default for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+        print(json.dumps({"flags": flag_values(), "defaults": defaults, "resumable_changes": RESUMABLE_CHANGES}))
+        return
     validate_flags()
     if FLAGS.mode == "export":
         run_export()
@@ -908,9 +999,13 @@ def data_problem(error):
 
 
 def cli_main(argv):
-    """`main`, ending every data problem with one line on stderr and exit code 1 (no traceback)."""
+    """`main`, ending every usage error and data problem with one line on stderr and exit code 1 (no
+    traceback, and not absl's page of flag help before the line that matters)."""
     try:
         main(argv)
+    except app.UsageError as e:
+        print(f"run.py: error: {e}\n(python experiments/run.py --helpshort lists the flags)", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001  (only data problems are caught; the rest is raised again)
         line = data_problem(e)
         if line is None:

@@ -40,7 +40,14 @@ def files(tmp_path_factory):
     text.write_text("not a model")
     blocker = root / "a_file"
     blocker.write_text("")
-    return {"teacher": teacher, "text": str(text), "blocker": str(blocker), "root": str(root)}
+    trained = root / "trained"  # a finished training run's outputs (what matters here: its mode)
+    trained.mkdir()
+    (trained / "metrics.json").write_text('{"mode": "teacher", "test_top1": 50.0}')
+    unfinished = root / "unfinished"  # a training run killed after its first checkpoint
+    unfinished.mkdir()
+    (unfinished / "checkpoint.npz").write_bytes(b"")
+    return {"teacher": teacher, "text": str(text), "blocker": str(blocker), "root": str(root),
+            "trained": str(trained), "unfinished": str(unfinished)}
 
 
 def validate(argv, files):
@@ -130,6 +137,29 @@ FLAG_CASES = [
     (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=0.5,0.5,0.5,0.2,0.2"],
      "--torch_normalization='0.5,0.5,0.5,0.2,0.2' is not allowed"),
     (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=imagenet"], None),
+    # every float flag must be finite (inf would pass a ">= 0" check, nan fails only as a NaN loss later)
+    (["--icc_lambda=inf"], "--icc_lambda=inf is not allowed: expected a finite number"),
+    (["--icc_tau=inf"], "--icc_tau=inf is not allowed: expected a finite number"),
+    (["--icc_margin_mode=hinge", "--icc_delta=nan"], "--icc_delta=nan is not allowed: expected a finite number"),
+    (["--lr=inf"], "--lr=inf is not allowed: expected a finite number"),
+    (["--weight_decay=inf"], "--weight_decay=inf is not allowed: expected a finite number"),
+    ([*STUDENT, "--ce_weight=inf"], "--ce_weight=inf is not allowed: expected a finite number"),
+    # the input that only one mode reads, given with another mode (e.g. a teacher trained in place of a student)
+    (["--teacher={teacher}", "--student_arch=resnet8"],
+     "--teacher='{teacher}' is not allowed: expected unset unless --mode=student (it is what that mode reads; "
+     "here --mode=teacher)"),
+    ([*STUDENT, "--model={teacher}"], "--model='{teacher}' is not allowed: expected unset unless --mode=export or "
+                                      "--mode=evaluate"),
+    (["--torch_checkpoint={text}"], "--torch_checkpoint='{text}' is not allowed: expected unset unless --mode=import"),
+    # an output_dir holding another mode's outputs, or a training run's checkpoint for import / evaluate
+    (["--mode=evaluate", "--model={teacher}", "--output_dir={trained}"],
+     "--output_dir='{trained}' holds the outputs of a --mode=teacher run ({trained}/metrics.json); "
+     "--mode=evaluate would replace them"),
+    ([*STUDENT, "--output_dir={trained}"], "holds the outputs of a --mode=teacher run"),
+    (["--output_dir={trained}"], None),  # the same mode: resumed or refused by the checkpoint's flags (test_run)
+    (["--mode=import", "--torch_checkpoint={text}", "--torch_normalization=imagenet", "--output_dir={unfinished}"],
+     "--output_dir='{unfinished}' holds a training run's checkpoint.npz; --mode=import would mix"),
+    ([*EXPORT, "--output_dir={trained}"], None),  # export writes only its own files beside a run's
 ]
 
 
@@ -139,7 +169,7 @@ def test_bad_flag_is_refused_with_its_name_value_and_what_is_allowed(files, argv
     if message is None:
         assert error is None
     else:
-        assert error is not None and message in error, error
+        assert error is not None and message.format(**files) in error, error
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -147,3 +148,72 @@ def test_diverging_run_stops_with_the_epoch_step_and_term_and_writes_nothing(tmp
     assert re.search(r"step \d+: (ce|intra)=(nan|inf|-inf)", line[0]), line[0]
     assert "Last good checkpoint: none (no epoch completed)" in line[0]
     assert not {"model.keras", "metrics.json", "checkpoint.npz"} & set(os.listdir(out))
+
+
+def copy_of(run_dir, tmp_path, name):
+    """A copy of a finished run's folder (the module's teacher run stays as it is for the other tests)."""
+    out = str(tmp_path / name)
+    shutil.copytree(run_dir, out, ignore=shutil.ignore_patterns("tensorboard"))
+    return out
+
+
+def test_a_new_start_keeps_the_earlier_run_until_training_begins(teacher_run, tmp_path):
+    """--noresume over a finished run: a data error leaves that run whole (checkpoint included); a
+    run that diverges after training began leaves nothing that looks finished."""
+    out = copy_of(teacher_run[0], tmp_path, "again")
+    before = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)}
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    result = run([*SMALL, "--noresume", "--dataset=folder", f"--data_dir={corrupt}", f"--output_dir={out}"])
+    assert result.returncode == 1 and "data error" in result.stderr, result.stderr[-2000:]
+    assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
+
+    result = run([*SMALL, "--noresume", "--lr=1e30", "--epochs=1", "--lr_decay_epochs=", "--notensorboard",
+                  f"--output_dir={out}"])
+    assert result.returncode == 1 and "non-finite loss" in result.stderr, result.stderr[-2000:]
+    assert os.listdir(out) == []  # the earlier run's files went when training began; the new one wrote none
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_trained_over(teacher_run, tmp_path):
+    out = copy_of(teacher_run[0], tmp_path, "no_checkpoint")
+    os.remove(os.path.join(out, "checkpoint.npz"))
+    metrics = open(os.path.join(out, "metrics.json")).read()
+    result = run([*SMALL, f"--output_dir={out}"])
+    assert result.returncode == 1
+    assert (f"--output_dir='{out}' holds a finished run ({out}/metrics.json) without the checkpoint.npz to resume "
+            "from; use another --output_dir, or --noresume") in result.stderr, result.stderr[-2000:]
+    assert open(os.path.join(out, "metrics.json")).read() == metrics
+
+
+def test_usage_errors_are_one_line_without_the_flag_help(tmp_path):
+    """An image size that the network reduces to nothing is a usage error; usage errors end with their
+    line and a pointer to --helpshort, not absl's page of every flag's help."""
+    out = str(tmp_path / "run")
+    result = run([*SMALL, "--arch=vgg8", "--image_size=4", f"--output_dir={out}"])
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2].startswith("run.py: error: --arch='vgg8' cannot be built for 4x4 images (--image_size=4): "
+                                "Computed output size would be zero or negative"), result.stderr[-2000:]
+    assert lines[-1] == "(python experiments/run.py --helpshort lists the flags)"
+    assert "Backbone preset" not in result.stderr  # --arch's help text
+    assert not os.path.exists(os.path.join(out, "metrics.json"))
+
+
+def test_a_teacher_run_on_other_data_is_refused_or_named(teacher_run, tmp_path):
+    """The teacher's own run record (metrics.json beside model.keras): other input normalisation is
+    refused; another dataset is named in a warning."""
+    teacher = copy_of(teacher_run[0], tmp_path, "teacher")
+    path = os.path.join(teacher, "metrics.json")
+    record = json.load(open(path))
+    student = [*SMALL, "--mode=student", f"--teacher={teacher}/model.keras", "--student_arch=resnet8", "--epochs=1",
+               "--lr_decay_epochs=", "--notensorboard", f"--output_dir={tmp_path / 'student'}"]
+    json.dump(dict(record, normalization={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}), open(path, "w"))
+    result = run(student)
+    assert result.returncode == 1
+    assert (f"--teacher='{teacher}/model.keras' was trained on {record['dataset']} images normalised with mean "
+            f"[0.5, 0.5, 0.5], std [0.25, 0.25, 0.25] ({path}), but --dataset=synthetic") in result.stderr, \
+        result.stderr[-2000:]
+    json.dump(dict(record, dataset="cifar10-jpeg"), open(path, "w"))
+    result = run(student)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"was trained on cifar10-jpeg ({path}), this run distils on {record['dataset']}" in result.stderr

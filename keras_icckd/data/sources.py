@@ -217,7 +217,7 @@ def load_cifar_python(path, verify_checksum=True, *, variant=None):
         if md5 not in genuine.values():
             expected = " or ".join(f"{_CIFAR[v][1]} ({_CIFAR[v][0]})" for v in genuine)
             raise DataError(f"{path} is not the genuine CIFAR python archive: md5 {md5}, expected {expected}. "
-                            "Pass verify_checksum=False to accept it anyway.")
+                            "Pass verify_checksum=False (run.py: --noverify_checksum) to accept it anyway.")
     wanted = {name for spec in _CIFAR.values() for name in spec[2] + spec[3] + (spec[4],)}
     members = {}
     try:
