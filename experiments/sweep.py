@@ -7,10 +7,13 @@
 Each (flagfile, seed) runs `experiments/run.py --flagfile=F --seed=N
 --output_dir=OUTPUT_ROOT/<flagfile name>_seed<N>` plus the --set overrides, one after the other,
 with the run's own progress output. A run whose metrics.json exists is reused, an interrupted one
-resumes from its checkpoint: starting the same command again continues a killed sweep. A failed
-run is reported and the sweep goes on. At the end (and after every run) OUTPUT_ROOT/sweep.md and
-sweep.json hold, per flagfile: the seeds done, test top-1 at the last epoch and at the best epoch
-(mean +- sample std over seeds), and the mean best epoch. Exit status 1 when a run failed.
+resumes from its checkpoint: starting the same command again continues a killed sweep. Before the
+first run, every flagfile is parsed with run.py's flags (a typo stops the sweep there, not after the
+runs before it) and every finished run's flags are compared with the ones asked for (a finished run
+of other flags is refused, not reused). A failed run is reported and the sweep goes on. At the end
+(and after every run) OUTPUT_ROOT/sweep.md and sweep.json hold, per flagfile: the seeds done, test
+top-1 at the last epoch and at the best epoch (mean +- sample std over seeds), and the mean best
+epoch. Exit status 1 when a run failed.
 """
 
 import glob
@@ -63,6 +66,38 @@ def overrides(items):
     return out
 
 
+def check_runs(paths, seeds, extra):
+    """Before any run: each flagfile parses with run.py's flags, and each finished run was made with the
+    flags asked for; raises app.UsageError naming every problem."""
+    problems = []
+    for path in paths:
+        name = os.path.basename(path)[: -len(".flags")]
+        cmd = [sys.executable, os.path.join(HERE, "run.py"), f"--flagfile={path}", *extra, f"--seed={seeds[0]}",
+               f"--output_dir={os.path.join(FLAGS.output_root, name)}", "--check_flags"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:  # the error is the last line that is not a pointer to the help
+            lines = [line for line in result.stderr.splitlines() if line.strip() and "--helpshort" not in line]
+            problems.append(f"{path}: " + (lines[-1] if lines else f"run.py failed (exit code {result.returncode})"))
+            continue
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        for seed in seeds:
+            out = os.path.join(FLAGS.output_root, f"{name}_seed{seed}")
+            metrics = os.path.join(out, "metrics.json")
+            if not os.path.exists(metrics):
+                continue
+            with open(metrics) as f:
+                saved = json.load(f).get("flags", {})
+            wanted = dict(report["flags"], seed=seed)
+            changed = sorted(k for k in wanted if k not in report["resumable_changes"]
+                             and saved.get(k, report["defaults"][k]) != wanted[k])
+            if changed:
+                diff = ", ".join(f"--{k}={saved.get(k, report['defaults'][k])!r} -> {wanted[k]!r}" for k in changed)
+                problems.append(f"{out} holds a finished run of other flags ({diff}): use another --output_root, "
+                                "or delete that run")
+    if problems:
+        raise app.UsageError("nothing was run:\n  " + "\n  ".join(problems))
+
+
 def sweep_table(groups):
     """Markdown table and JSON-able summary of {setting: [metrics dicts]}."""
     lines = ["| setting | trained | seeds | last top-1 (%) | best top-1 (%) | best epoch | epochs |",
@@ -113,7 +148,9 @@ def main(argv):
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)!r} is not allowed: expected distinct integers >= 0")
     extra = overrides(FLAGS.set)
-    os.makedirs(FLAGS.output_root, exist_ok=True)
+    check_runs(paths, seeds, extra)
+    if not FLAGS.dry_run:
+        os.makedirs(FLAGS.output_root, exist_ok=True)
     command = " ".join(["python experiments/sweep.py", *sys.argv[1:]])
     groups = {os.path.basename(p)[: -len(".flags")]: [] for p in paths}
     failed = []
@@ -146,5 +183,14 @@ def main(argv):
         sys.exit(1)
 
 
+def cli_main(argv):
+    """`main`, ending a usage error with its message alone (not absl's page of flag help before it)."""
+    try:
+        main(argv)
+    except app.UsageError as e:
+        print(f"sweep.py: error: {e}\n(python experiments/sweep.py --helpshort lists the flags)", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli_main)

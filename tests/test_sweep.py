@@ -54,9 +54,18 @@ def test_sweep_runs_each_flagfile_per_seed_and_tabulates(tmp_path):
     assert f"| good | resnet8, lambda 0 (CE) | 0,1 | {np.mean(last):.2f} +- " in table
     assert "| bad | (no finished run) |" in table
 
-    again = sweep(f"--flagfiles={tmp_path}/good*.flags", "--seeds=0,1", f"--output_root={root}")
+    again = sweep(f"--flagfiles={tmp_path}/good*.flags", "--seeds=0,1", f"--output_root={root}", "--set=lr=0.02")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished before, reusing") == 2
+
+    # the same runs asked for with other flags: refused before anything runs, not reused
+    (tmp_path / "more.flags").write_text(GOOD)
+    other = sweep(f"--flagfiles={tmp_path}/more.flags,{tmp_path}/good.flags", "--seeds=0,1", f"--output_root={root}")
+    assert other.returncode == 1
+    for seed in (0, 1):
+        assert (f"{root}/good_seed{seed} holds a finished run of other flags (--lr=0.02 -> 0.05): use another "
+                "--output_root, or delete that run") in other.stderr, other.stderr[-3000:]
+    assert not os.path.exists(os.path.join(root, "more_seed0"))
 
 
 def test_sweep_rejects_bad_arguments_before_running(tmp_path):
@@ -70,3 +79,26 @@ def test_sweep_rejects_bad_arguments_before_running(tmp_path):
         result = sweep(*args, f"--output_root={tmp_path}/out")
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr[-1000:])
         assert not os.path.exists(tmp_path / "out" / "sweep.md")
+
+
+def test_a_flagfile_typo_stops_the_sweep_before_the_runs_before_it(tmp_path):
+    (tmp_path / "a_good.flags").write_text(GOOD)
+    (tmp_path / "b_typo.flags").write_text(GOOD + "--epohcs=1\n")
+    root = tmp_path / "sweep"
+    result = sweep(f"--flagfiles={tmp_path}/*.flags", "--seeds=0", f"--output_root={root}")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-3:-1] == ["sweep.py: error: nothing was run:",
+                            f"  {tmp_path}/b_typo.flags: FATAL Flags parsing error: Unknown command line flag "
+                            "'epohcs'. Did you mean: epochs ?"], result.stderr[-2000:]
+    assert not os.path.exists(root)  # a_good did not run first
+
+
+def test_dry_run_prints_the_commands_and_creates_nothing(tmp_path):
+    (tmp_path / "good.flags").write_text(GOOD)
+    result = sweep(f"--flagfiles={tmp_path}/good.flags", "--seeds=0,1", f"--output_root={tmp_path}/sweep",
+                   "--dry_run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line.split()[-1] for line in result.stdout.splitlines()] == [
+        f"--output_dir={tmp_path}/sweep/good_seed{seed}" for seed in (0, 1)]
+    assert not os.path.exists(tmp_path / "sweep")
