@@ -6,12 +6,13 @@
 #
 # teachers: imports the published akamaster resnet20 (../shared/teachers), fine-tunes it on the full
 #   CIFAR-10 JPEG copy with CE and with CE + lambda * L_intra (experiments/flags/converged/ft_teacher.flags)
-#   for lambda in $LAMBDAS, two more CE teachers with --seed=1 and --seed=2 and a second lambda-0.05 ICC
-#   teacher with --seed=1, and evaluates each teacher (--mode=evaluate, soft labels at T = 4).
+#   for lambda in $LAMBDAS, three more CE teachers with --seed=1, 2, 3 and second lambda-0.05 and lambda-0.1
+#   ICC teachers with --seed=1, and evaluates each teacher (--mode=evaluate, soft labels at T = 4).
 # students: the resnet8 student flagfiles of experiments/flags/converged/ over seeds $SEEDS through
-#   experiments/sweep.py (alone; KD from each teacher, the three CE teachers included; DKD; CRD; KD + RKD from
+#   experiments/sweep.py (alone; KD from each teacher, the four CE teachers included; DKD; CRD; KD + RKD from
 #   the ICC teacher that rkd_icc.flags names and from the CE teacher).
-# scratch: resnet20 CE and ICC teachers from random initialisation (scratch_teacher.flags), then KD from each.
+# scratch: two pairs (seeds 0 and 1) of resnet20 CE and ICC teachers from random initialisation
+#   (scratch_teacher.flags), then KD from each.
 # report: tables and the figure (experiments/converged_report.py).
 # Finished runs (here or committed under experiments/results/converged_cifar10) are reused and
 # interrupted ones resume: the same command continues after a kill or in a fresh clone.
@@ -53,33 +54,35 @@ if [[ " $stages " == *" teachers "* ]]; then
   for lambda in $lambdas; do
     once "$out/ft_teacher_lambda$lambda" --flagfile="$flags/ft_teacher.flags" --icc_lambda="$lambda"
   done
-  # more CE teachers, fine-tuned with other seeds: how far KD moves with the teacher alone, and three CE
-  # teachers against the three ICC teachers at the teacher level
-  for seed in 1 2; do
-    once "$out/ft_teacher_lambda0_seed$seed" --flagfile="$flags/ft_teacher.flags" --icc_lambda=0 --seed=$seed
+  # more teachers, fine-tuned with other seeds: how far KD moves with the teacher alone, and at the
+  # teacher level four CE teachers against five ICC teachers (lambda:seed)
+  for teacher in 0:1 0:2 0.05:1 0:3 0.1:1; do
+    once "$out/ft_teacher_lambda${teacher%:*}_seed${teacher#*:}" --flagfile="$flags/ft_teacher.flags" \
+      --icc_lambda="${teacher%:*}" --seed="${teacher#*:}"
   done
-  # a second ICC teacher of one lambda: how far KD moves between ICC teachers, a fourth for the teacher level
-  once "$out/ft_teacher_lambda0.05_seed1" --flagfile="$flags/ft_teacher.flags" --icc_lambda=0.05 --seed=1
   for teacher in $(printf 'ft_teacher_lambda%s ' $lambdas) ft_teacher_lambda0_seed1 ft_teacher_lambda0_seed2 \
-      ft_teacher_lambda0.05_seed1; do
+      ft_teacher_lambda0.05_seed1 ft_teacher_lambda0_seed3 ft_teacher_lambda0.1_seed1; do
     once "$out/$teacher/evaluate" --mode=evaluate --model="$out/$teacher/model.keras" \
       --dataset=folder --data_dir="$data"
   done
 fi
 if [[ " $stages " == *" students "* ]]; then
   main=("$flags/kd_ce.flags" "$flags/kd_ce_teacher2.flags" "$flags/kd_ce_teacher3.flags"
-        "$flags/kd_icc0.05_teacher2.flags")
+        "$flags/kd_icc0.05_teacher2.flags" "$flags/kd_ce_teacher4.flags" "$flags/kd_icc0.1_teacher2.flags")
   for lambda in $lambdas; do [[ $lambda == 0 ]] || main+=("$flags/kd_icc$lambda.flags"); done
   sweep "${main[@]}" "$flags/alone.flags" "$flags/dkd.flags" "$flags/crd.flags"
   if [[ -f "$flags/rkd_icc.flags" ]]; then sweep "$flags/rkd_icc.flags" "$flags/rkd_ce.flags"; fi
 fi
 if [[ " $stages " == *" scratch "* ]]; then
-  for lambda in 0 0.05; do
-    once "$out/scratch_teacher_lambda$lambda" --flagfile="$flags/scratch_teacher.flags" --icc_lambda="$lambda"
-    once "$out/scratch_teacher_lambda$lambda/evaluate" --mode=evaluate \
-      --model="$out/scratch_teacher_lambda$lambda/model.keras" --dataset=folder --data_dir="$data"
+  # two pairs (CE, ICC lambda 0.05): seed 0, and seed 1 (another initialisation and data order)
+  for teacher in lambda0 lambda0.05 lambda0_seed1 lambda0.05_seed1; do
+    lambda=${teacher#lambda}; lambda=${lambda%_seed1}; seed=0; [[ $teacher != *_seed1 ]] || seed=1
+    once "$out/scratch_teacher_$teacher" --flagfile="$flags/scratch_teacher.flags" --icc_lambda="$lambda" --seed=$seed
+    once "$out/scratch_teacher_$teacher/evaluate" --mode=evaluate \
+      --model="$out/scratch_teacher_$teacher/model.keras" --dataset=folder --data_dir="$data"
   done
   sweep "$flags/kd_scratch_ce.flags" "$flags/kd_scratch_icc.flags"
+  sweep "$flags/kd_scratch_ce_teacher2.flags" "$flags/kd_scratch_icc_teacher2.flags"
 fi
 if [[ " $stages " == *" report "* ]]; then
   $py experiments/converged_report.py --runs="$out"

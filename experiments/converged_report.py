@@ -46,20 +46,28 @@ SETTINGS = {
     "kd_ce": ("KD from the CE teacher", "ft_teacher_lambda0"),
     "kd_ce_teacher2": ("KD from a second CE teacher (fine-tuning seed 1)", "ft_teacher_lambda0_seed1"),
     "kd_ce_teacher3": ("KD from a third CE teacher (fine-tuning seed 2)", "ft_teacher_lambda0_seed2"),
+    "kd_ce_teacher4": ("KD from a fourth CE teacher (fine-tuning seed 3)", "ft_teacher_lambda0_seed3"),
     "kd_icc0.01": ("KD from ICC lambda 0.01 (Ours)", "ft_teacher_lambda0.01"),
     "kd_icc0.05": ("KD from ICC lambda 0.05 (Ours)", "ft_teacher_lambda0.05"),
     "kd_icc0.05_teacher2": ("KD from a second ICC lambda 0.05 teacher (fine-tuning seed 1)",
                             "ft_teacher_lambda0.05_seed1"),
     "kd_icc0.1": ("KD from ICC lambda 0.1 (Ours)", "ft_teacher_lambda0.1"),
+    "kd_icc0.1_teacher2": ("KD from a second ICC lambda 0.1 teacher (fine-tuning seed 1)",
+                           "ft_teacher_lambda0.1_seed1"),
     "rkd_icc": ("KD + RKD from the best ICC teacher (Ours+RKD)", None),
     "rkd_ce": ("KD + RKD from the CE teacher", "ft_teacher_lambda0"),
     "dkd": ("DKD from the CE teacher", "ft_teacher_lambda0"),
     "crd": ("CRD from the CE teacher", "ft_teacher_lambda0"),
     "kd_scratch_ce": ("KD from the from-scratch CE teacher", "scratch_teacher_lambda0"),
     "kd_scratch_icc": ("KD from the from-scratch ICC teacher (lambda 0.05)", "scratch_teacher_lambda0.05"),
+    "kd_scratch_ce_teacher2": ("KD from a second from-scratch CE teacher (seed 1)", "scratch_teacher_lambda0_seed1"),
+    "kd_scratch_icc_teacher2": ("KD from a second from-scratch ICC teacher (lambda 0.05, seed 1)",
+                                "scratch_teacher_lambda0.05_seed1"),
 }
 # KD from each CE teacher fine-tuned from the published weights (one arm per teacher)
-CE_KD = ("kd_ce", "kd_ce_teacher2", "kd_ce_teacher3")
+CE_KD = ("kd_ce", "kd_ce_teacher2", "kd_ce_teacher3", "kd_ce_teacher4")
+# the from-scratch control's pairs of teachers (one seed each): (KD from the CE teacher, KD from the ICC teacher)
+SCRATCH_PAIRS = (("kd_scratch_ce", "kd_scratch_icc"), ("kd_scratch_ce_teacher2", "kd_scratch_icc_teacher2"))
 
 
 def read(path):
@@ -347,8 +355,8 @@ def main(argv):
     # the fine-tuned study's arms against KD from its CE teacher (the from-scratch arms are another protocol)
     fine_tuned = [s for s in SETTINGS if not s.startswith("kd_scratch")]
     comparisons = paired({k: v for k, v in groups.items() if k in fine_tuned})
-    # the from-scratch control: KD from its ICC teacher against KD from its CE teacher, paired by seed
-    scratch = {k: v for k, v in paired(groups, "kd_scratch_ce").items() if k == "kd_scratch_icc"}
+    # the from-scratch control: in each pair, KD from its ICC teacher against KD from its CE teacher, by seed
+    scratch = {icc: v for ce_, icc in SCRATCH_PAIRS for k, v in paired(groups, ce_).items() if k == icc}
     # Ours+RKD against the same objectives from the CE teacher
     rkd = {k: v for k, v in paired(groups, "rkd_ce").items() if k == "rkd_icc"}
     # the ICC arms against every CE teacher at once: per seed, the mean of KD from each CE teacher; here and
@@ -383,9 +391,9 @@ def main(argv):
               paired_table(rkd, ["rkd_icc"]) if rkd else "Not yet (needs both arms with two seeds in common).", "",
               "### From-scratch control: resnet20 teachers from random initialisation", "",
               teacher_table(rows, "scratch"), "",
-              student_table(groups, ["kd_scratch_ce", "kd_scratch_icc"]), "",
-              "Paired by seed against KD from the from-scratch CE teacher (difference = arm - that KD):", "",
-              paired_table(scratch, ["kd_scratch_icc"])]
+              student_table(groups, [s for pair in SCRATCH_PAIRS for s in pair]), "",
+              "Paired by seed against KD from the from-scratch CE teacher of the same seed (difference = arm - "
+              "that KD):", "", paired_table(scratch, [icc for _, icc in SCRATCH_PAIRS])]
     text = "\n".join(parts)
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
     from keras_icckd.training import atomic_write_json, atomic_write_text

@@ -170,3 +170,22 @@ def test_report_on_fake_runs(tmp_path):
            "| 1.00 |" in rkd
     assert numbers["paired_rkd_icc_against_rkd_ce"]["rkd_icc"]["t"] == pytest.approx(1.0)
     assert "| KD + RKD from the CE teacher | 0,1,2 | s0: +1.00; s1: +0.50; s2: +0.00 | +0.50 |" in text
+
+    # a fourth CE and a fifth ICC teacher; the from-scratch control's second pair (seed 1)
+    write_students(runs, [("kd_ce_teacher4", "ft_teacher_lambda0_seed3", [71.5, 72.0, 72.5]),
+                          ("kd_icc0.1_teacher2", "ft_teacher_lambda0.1_seed1", [70.0, 71.0, 71.0]),
+                          ("kd_scratch_ce_teacher2", "scratch_teacher_lambda0_seed1", [69.0, 70.0, 71.0]),
+                          ("kd_scratch_icc_teacher2", "scratch_teacher_lambda0.05_seed1", [70.0, 70.5, 72.5])])
+    write(str(runs / "scratch_teacher_lambda0.05_seed1" / "metrics.json"), teacher_metrics(78.0, 1, 0.73))
+    text, numbers = run_report(tmp_path, runs, results)
+    assert numbers["ce_teachers_in_mean"] == ["kd_ce", "kd_ce_teacher2", "kd_ce_teacher3", "kd_ce_teacher4"]
+    # teacher level: CE 71.00, 71.17, 70.50, 72.00 against ICC 72.00, 72.50, 70.67 (a tie counts 1/2):
+    # 72.00 beats 3 and ties 1 (3.5), 72.50 beats 4, 70.67 beats 1 (70.50): U = 8.5 of 12
+    assert numbers["teacher_level"]["u"] == pytest.approx(8.5) and numbers["teacher_level"]["u_max"] == 12
+    control = text.split("From-scratch control")[1]
+    assert "| scratch_teacher_lambda0.05_seed1 | 0.05 | 1 | 1 | 78.00 | 0.7300 |" in control
+    # the second pair, paired within itself: +1.00, +0.50, +1.50 (mean 1.00, std 0.50, t = 3.46)
+    assert "| KD from a second from-scratch ICC teacher (lambda 0.05, seed 1) | 0,1,2 | s0: +1.00; s1: +0.50; " \
+           "s2: +1.50 | +1.00 | 0.50 | 3.46 | 0.074 |" in control
+    assert set(numbers["paired_scratch_icc_against_scratch_ce"]) == {"kd_scratch_icc", "kd_scratch_icc_teacher2"}
+    assert "KD from a second from-scratch CE teacher (seed 1) | scratch_teacher_lambda0_seed1 (87.00) |" in control
