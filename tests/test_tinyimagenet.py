@@ -132,9 +132,12 @@ def run(args):
 
 
 def problem_lines(stderr):
-    """stderr without absl's log lines (I/W/E + date) and Python warnings."""
+    """stderr without absl's log lines (I/W/E + date), the line that TensorFlow's C++ logging prints
+    before its first one (e.g. "oneDNN custom operations are on" on CPUs with AVX512-VNNI) and Python
+    warnings."""
     return [line for line in stderr.splitlines()
-            if line.strip() and not (line[:1] in "IWE" and line[1:5].isdigit()) and "Warning" not in line]
+            if line.strip() and not (line[:1] in "IWE" and line[1:5].isdigit()) and "Warning" not in line
+            and not line.startswith("WARNING: All log messages before absl::InitializeLog()")]
 
 
 def test_tinyimagenet_run_at_another_image_size(archive, tmp_path):
