@@ -42,10 +42,12 @@ once() {  # once DIR ARGS...: runs run.py into DIR unless DIR/metrics.json exist
 
 sweep() {  # sweep FLAGFILE...: seed by seed (every setting of seed 0 first), then one table over $seeds
   local list seed; list=$(IFS=,; echo "$*")
-  for seed in ${seeds//,/ }; do  # a failed run is reported in the table; the others go on
-    $py experiments/sweep.py --flagfiles="$list" --seeds="$seed" --output_root="$out/students" || true
+  # a failed run (exit status 1) is reported in the table and the others go on; a usage error (2: nothing
+  # was run, e.g. a finished run of other flags) stops the script
+  for seed in ${seeds//,/ }; do
+    $py experiments/sweep.py --flagfiles="$list" --seeds="$seed" --output_root="$out/students" || [[ $? -eq 1 ]]
   done
-  $py experiments/sweep.py --flagfiles="$list" --seeds="$seeds" --output_root="$out/students" || true
+  $py experiments/sweep.py --flagfiles="$list" --seeds="$seeds" --output_root="$out/students" || [[ $? -eq 1 ]]
 }
 
 if [[ " $stages " == *" teachers "* ]]; then

@@ -290,7 +290,7 @@ def figure(rows, groups, path):
     for r in sorted(named, key=lambda r: (r["lambda"], r["seed"])):
         if r["kind"] == "ft" and r["seed"] != 0 and r["lambda"] in lambdas:
             beside[r["lambda"]] = beside.get(r["lambda"], 0) + 1
-            others.append((lambdas.index(r["lambda"]) + 0.15 * beside[r["lambda"]], r))
+            others.append((lambdas.index(r["lambda"]) + 0.12 * beside[r["lambda"]], r))
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     measures = [("teacher test top-1 (%)", lambda r: r["test_top1"]),
                 ("teacher intra / inter-class distance", lambda r: r.get("eval_ratio") or r["intra_inter_ratio"]),
@@ -392,7 +392,7 @@ def main(argv):
               "### From-scratch control: resnet20 teachers from random initialisation", "",
               teacher_table(rows, "scratch"), "",
               student_table(groups, [s for pair in SCRATCH_PAIRS for s in pair]), "",
-              "Paired by seed against KD from the from-scratch CE teacher of the same seed (difference = arm - "
+              "Paired by seed against KD from the from-scratch CE teacher of the same pair (difference = arm - "
               "that KD):", "", paired_table(scratch, [icc for _, icc in SCRATCH_PAIRS])]
     text = "\n".join(parts)
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))

@@ -11,6 +11,7 @@ A run writes into --output_dir: model.keras, metrics.json, curves.png and tensor
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -448,16 +449,17 @@ def check_teacher_run(splits):
     try:
         with open(path) as f:
             run_ = json.load(f)
-        trained, name = run_["normalization"], run_["dataset"]
+        name, trained_mean, trained_std = run_["dataset"], run_["normalization"]["mean"], run_["normalization"]["std"]
+        trained_mean, trained_std = list(map(float, trained_mean)), list(map(float, trained_std))
         if run_.get("mode") not in ("teacher", "student"):
             return
     except (OSError, ValueError, KeyError, TypeError):
         return  # no record of how the teacher was trained (e.g. an imported model, which records its own)
     mean, std = (list(map(float, v)) for v in normalization_of(splits))
     close = (lambda a, b: len(a) == len(b) and all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b)))
-    if not (close(trained["mean"], mean) and close(trained["std"], std)):
+    if not (close(trained_mean, mean) and close(trained_std, std)):
         raise app.UsageError(f"--teacher={FLAGS.teacher!r} was trained on {name} images normalised with mean "
-                             f"{trained['mean']}, std {trained['std']} ({path}), but --dataset={FLAGS.dataset} "
+                             f"{trained_mean}, std {trained_std} ({path}), but --dataset={FLAGS.dataset} "
                              f"({splits.name}) feeds mean {mean}, std {std}")
     if name != splits.name:
         logging.warning("--teacher=%s was trained on %s (%s), this run distils on %s: its soft labels only help "
@@ -546,7 +548,7 @@ def new_backbone(flag, splits):
     except ValueError as e:
         import re
 
-        size = f"--image_size={FLAGS.image_size}" if FLAGS.image_size else f"--dataset={FLAGS.dataset}'s own size"
+        size = f"--image_size={FLAGS.image_size}" if FLAGS.image_size else "the size the data is read at"
         # Keras wraps the reason in the failing layer's call: keep the reason, without terminal colours
         lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
         reason = [line for line in lines if not line.startswith(("Exception encountered", "Arguments received", "•"))]
@@ -700,10 +702,12 @@ def run(builder, factor):
     writer = FLAGS.process_id == 0  # multi-host: process 0 writes, every process reads the checkpoint
     if record is None and writer:
         # A fresh start (no checkpoint, or --noresume): an earlier run's outputs go now that the data and
-        # the model are ready, so that a failure from here on cannot leave them looking like this run's.
+        # the model are ready, so that a failure from here on cannot leave them looking like this run's
+        # (its TensorBoard logs too: they would be drawn as one run with the new one's).
         for name in RUN_OUTPUTS:
             if os.path.exists(os.path.join(FLAGS.output_dir, name)):
                 os.remove(os.path.join(FLAGS.output_dir, name))
+        shutil.rmtree(os.path.join(FLAGS.output_dir, "tensorboard"), ignore_errors=True)
     callbacks = []
     several = FLAGS.num_processes > 1  # predict() cannot return arrays that span other processes' devices
     if FLAGS.diagnostic_examples and several:

@@ -13,7 +13,8 @@ runs before it) and every finished run's flags are compared with the ones asked 
 of other flags is refused, not reused). A failed run is reported and the sweep goes on. At the end
 (and after every run) OUTPUT_ROOT/sweep.md and sweep.json hold, per flagfile: the seeds done, test
 top-1 at the last epoch and at the best epoch (mean +- sample std over seeds), and the mean best
-epoch. Exit status 1 when a run failed.
+epoch. Exit status 1 when a run failed, 2 when nothing was run (a usage error, or a problem that the
+check before the first run found).
 """
 
 import glob
@@ -66,6 +67,14 @@ def overrides(items):
     return out
 
 
+# Flags naming a file or folder: compared as normalised paths ("./runs/t" is "runs/t").
+PATH_FLAGS = ("teacher", "init_model", "data_dir", "model", "torch_checkpoint")
+
+
+def comparable(name, value):
+    return os.path.normpath(value) if name in PATH_FLAGS and isinstance(value, str) and value else value
+
+
 def check_runs(paths, seeds, extra):
     """Before any run: each flagfile parses with run.py's flags, and each finished run was made with the
     flags asked for; raises app.UsageError naming every problem."""
@@ -79,17 +88,27 @@ def check_runs(paths, seeds, extra):
             lines = [line for line in result.stderr.splitlines() if line.strip() and "--helpshort" not in line]
             problems.append(f"{path}: " + (lines[-1] if lines else f"run.py failed (exit code {result.returncode})"))
             continue
-        report = json.loads(result.stdout.strip().splitlines()[-1])
+        try:
+            report = json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            problems.append(f"{path}: run.py --check_flags printed no flags ({result.stdout[-200:]!r})")
+            continue
         for seed in seeds:
             out = os.path.join(FLAGS.output_root, f"{name}_seed{seed}")
             metrics = os.path.join(out, "metrics.json")
             if not os.path.exists(metrics):
                 continue
-            with open(metrics) as f:
-                saved = json.load(f).get("flags", {})
+            try:
+                with open(metrics) as f:
+                    saved = json.load(f)["flags"]
+                assert isinstance(saved, dict)
+            except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
+                problems.append(f"{metrics} cannot be compared with the flags asked for (not a run's metrics.json: "
+                                f"{type(e).__name__}: {e}): delete that run, or use another --output_root")
+                continue
             wanted = dict(report["flags"], seed=seed)
             changed = sorted(k for k in wanted if k not in report["resumable_changes"]
-                             and saved.get(k, report["defaults"][k]) != wanted[k])
+                             and comparable(k, saved.get(k, report["defaults"][k])) != comparable(k, wanted[k]))
             if changed:
                 diff = ", ".join(f"--{k}={saved.get(k, report['defaults'][k])!r} -> {wanted[k]!r}" for k in changed)
                 problems.append(f"{out} holds a finished run of other flags ({diff}): use another --output_root, "
@@ -184,12 +203,13 @@ def main(argv):
 
 
 def cli_main(argv):
-    """`main`, ending a usage error with its message alone (not absl's page of flag help before it)."""
+    """`main`, ending a usage error with its message alone (not absl's page of flag help before it) and
+    exit status 2 (1: some runs failed)."""
     try:
         main(argv)
     except app.UsageError as e:
         print(f"sweep.py: error: {e}\n(python experiments/sweep.py --helpshort lists the flags)", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -168,10 +168,12 @@ def test_a_new_start_keeps_the_earlier_run_until_training_begins(teacher_run, tm
     assert result.returncode == 1 and "data error" in result.stderr, result.stderr[-2000:]
     assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
 
+    os.makedirs(os.path.join(out, "tensorboard", "train"))  # the earlier run's logs
+    open(os.path.join(out, "tensorboard", "train", "events.out.tfevents.1"), "wb").close()
     result = run([*SMALL, "--noresume", "--lr=1e30", "--epochs=1", "--lr_decay_epochs=", "--notensorboard",
                   f"--output_dir={out}"])
     assert result.returncode == 1 and "non-finite loss" in result.stderr, result.stderr[-2000:]
-    assert os.listdir(out) == []  # the earlier run's files went when training began; the new one wrote none
+    assert os.listdir(out) == []  # the earlier run's files (logs too) went when training began; the new one wrote none
 
 
 def test_a_finished_run_without_its_checkpoint_is_not_trained_over(teacher_run, tmp_path):

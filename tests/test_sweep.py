@@ -61,7 +61,7 @@ def test_sweep_runs_each_flagfile_per_seed_and_tabulates(tmp_path):
     # the same runs asked for with other flags: refused before anything runs, not reused
     (tmp_path / "more.flags").write_text(GOOD)
     other = sweep(f"--flagfiles={tmp_path}/more.flags,{tmp_path}/good.flags", "--seeds=0,1", f"--output_root={root}")
-    assert other.returncode == 1
+    assert other.returncode == 2  # nothing was run (1: some runs failed)
     for seed in (0, 1):
         assert (f"{root}/good_seed{seed} holds a finished run of other flags (--lr=0.02 -> 0.05): use another "
                 "--output_root, or delete that run") in other.stderr, other.stderr[-3000:]
@@ -86,7 +86,7 @@ def test_a_flagfile_typo_stops_the_sweep_before_the_runs_before_it(tmp_path):
     (tmp_path / "b_typo.flags").write_text(GOOD + "--epohcs=1\n")
     root = tmp_path / "sweep"
     result = sweep(f"--flagfiles={tmp_path}/*.flags", "--seeds=0", f"--output_root={root}")
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-3:-1] == ["sweep.py: error: nothing was run:",
                             f"  {tmp_path}/b_typo.flags: FATAL Flags parsing error: Unknown command line flag "
@@ -102,3 +102,25 @@ def test_dry_run_prints_the_commands_and_creates_nothing(tmp_path):
     assert [line.split()[-1] for line in result.stdout.splitlines()] == [
         f"--output_dir={tmp_path}/sweep/good_seed{seed}" for seed in (0, 1)]
     assert not os.path.exists(tmp_path / "sweep")
+
+
+def test_the_check_reads_paths_as_paths_and_refuses_a_broken_metrics_file(tmp_path):
+    (tmp_path / "good.flags").write_text(GOOD)
+    root = tmp_path / "sweep"
+    # a finished run's flags, its data folder spelled ./data
+    printed = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "experiments", "run.py"),
+                              f"--flagfile={tmp_path}/good.flags", "--seed=0", f"--output_dir={root}/good_seed0",
+                              "--data_dir=./data", "--check_flags"], capture_output=True, text=True, cwd=REPO_ROOT,
+                             env=dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    flags = json.loads(printed.stdout.strip().splitlines()[-1])["flags"]
+    assert flags["data_dir"] == "./data"
+    os.makedirs(root / "good_seed0")
+    (root / "good_seed0" / "metrics.json").write_text(json.dumps({"flags": flags}))
+    os.makedirs(root / "good_seed1")
+    (root / "good_seed1" / "metrics.json").write_text('{"flags": {"mode": "teach')  # cut off mid-write
+    result = sweep(f"--flagfiles={tmp_path}/good.flags", "--seeds=0,1", f"--output_root={root}", "--set=data_dir=data",
+                   "--dry_run")
+    assert result.returncode == 2 and "nothing was run" in result.stderr, result.stderr[-2000:]
+    assert f"{root}/good_seed1/metrics.json cannot be compared with the flags asked for" in result.stderr
+    assert "good_seed0" not in result.stderr  # data is ./data
