@@ -467,7 +467,7 @@ def check_teacher_run(splits):
 
 
 def flag_values():
-    return {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+    return {name: FLAGS[name].value for name in OWN_FLAGS}
 
 
 # Flags that do not change what is trained: a run may resume with different values.
@@ -946,7 +946,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.check_flags:
-        defaults = {f.name: f.default for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+        defaults = {name: FLAGS[name].default for name in OWN_FLAGS}
         print(json.dumps({"flags": flag_values(), "defaults": defaults, "resumable_changes": RESUMABLE_CHANGES}))
         return
     validate_flags()

@@ -107,10 +107,11 @@ def check_runs(paths, seeds, extra):
                                 f"{type(e).__name__}: {e}): delete that run, or use another --output_root")
                 continue
             wanted = dict(report["flags"], seed=seed)
+            recorded = {k: saved.get(k, report["defaults"][k]) for k in wanted}  # older runs: missing at defaults
             changed = sorted(k for k in wanted if k not in report["resumable_changes"]
-                             and comparable(k, saved.get(k, report["defaults"][k])) != comparable(k, wanted[k]))
+                             and comparable(k, recorded[k]) != comparable(k, wanted[k]))
             if changed:
-                diff = ", ".join(f"--{k}={saved.get(k, report['defaults'][k])!r} -> {wanted[k]!r}" for k in changed)
+                diff = ", ".join(f"--{k}={recorded[k]!r} -> {wanted[k]!r}" for k in changed)
                 problems.append(f"{out} holds a finished run of other flags ({diff}): use another --output_root, "
                                 "or delete that run")
     if problems:
