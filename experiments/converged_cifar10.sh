@@ -2,7 +2,8 @@
 # The converged-scale CIFAR-10 study (experiments/results/converged_cifar10.md): does KD from an
 # intra-class contrastive (ICC) teacher beat KD from a CE teacher when the teachers are converged?
 #
-#   bash experiments/converged_cifar10.sh [STAGE ...]    # stages: teachers students scratch report (default: all)
+#   bash experiments/converged_cifar10.sh [STAGE ...]    # stages: teachers students scratch twoview report
+#                                                         # (default: all)
 #
 # teachers: imports the published akamaster resnet20 (../shared/teachers), fine-tunes it on the full
 #   CIFAR-10 JPEG copy with CE and with CE + lambda * L_intra (experiments/flags/converged/ft_teacher.flags)
@@ -13,6 +14,9 @@
 #   the ICC teacher that rkd_icc.flags names and from the CE teacher).
 # scratch: two pairs (seeds 0 and 1) of resnet20 CE and ICC teachers from random initialisation
 #   (scratch_teacher.flags), then KD from each.
+# twoview: the two-view CE control: lambda-0 teachers fine-tuned like the ICC teachers (ft_teacher.flags with
+#   --views=2: two views through the network, CE on the first alone) with fine-tuning seeds 0-3, their
+#   evaluations, then KD from each (kd_twoview_ce*.flags).
 # report: tables and the figure (experiments/converged_report.py).
 # Finished runs (here or committed under experiments/results/converged_cifar10) are reused and
 # interrupted ones resume: the same command continues after a kill or in a fresh clone.
@@ -26,7 +30,7 @@ data=../shared/datasets/cifar10-jpeg.tar.gz
 flags=experiments/flags/converged
 lambdas="${LAMBDAS:-0 0.01 0.05 0.1}"
 seeds="${SEEDS:-0,1,2}"
-stages="${*:-teachers students scratch report}"
+stages="${*:-teachers students scratch twoview report}"
 py=.venv/bin/python
 committed=experiments/results/converged_cifar10
 
@@ -85,6 +89,15 @@ if [[ " $stages " == *" scratch "* ]]; then
   done
   sweep "$flags/kd_scratch_ce.flags" "$flags/kd_scratch_icc.flags"
   sweep "$flags/kd_scratch_ce_teacher2.flags" "$flags/kd_scratch_icc_teacher2.flags"
+fi
+if [[ " $stages " == *" twoview "* ]]; then
+  for seed in 0 1 2 3; do
+    teacher=twoview_teacher_lambda0; [[ $seed == 0 ]] || teacher+="_seed$seed"
+    once "$out/$teacher" --flagfile="$flags/ft_teacher.flags" --icc_lambda=0 --views=2 --seed=$seed
+    once "$out/$teacher/evaluate" --mode=evaluate --model="$out/$teacher/model.keras" --dataset=folder --data_dir="$data"
+  done
+  sweep "$flags/kd_twoview_ce.flags" "$flags/kd_twoview_ce_teacher2.flags" "$flags/kd_twoview_ce_teacher3.flags" \
+    "$flags/kd_twoview_ce_teacher4.flags"
 fi
 if [[ " $stages " == *" report "* ]]; then
   $py experiments/converged_report.py --runs="$out"

@@ -75,6 +75,11 @@ flags.DEFINE_bool("resume", True,
                   "--noresume starts over.")
 flags.DEFINE_string("output_dir", None, "Where the run's files go (created if missing).")
 flags.DEFINE_float("icc_lambda", 0.05, "Weight of the intra-class contrastive loss; 0 gives a plain CE teacher.")
+flags.DEFINE_enum("views", "auto", ("auto", "1", "2"),
+                  "--mode=teacher: augmented views of each image per training batch. auto: 2 when --icc_lambda > 0 "
+                  "(the intra-class term needs them), else 1. 2 with --icc_lambda=0: both views go through the "
+                  "network (batch norm sees them together, as in an ICC teacher) and CE is taken on the first "
+                  "alone: the two-view CE control. 1 with --icc_lambda > 0 is refused.")
 flags.DEFINE_float("icc_delta", 0.5, "Margin threshold delta of the ICC margin mechanism.")
 flags.DEFINE_float("icc_tau", 0.1, "Temperature of the intra-class contrastive loss.")
 flags.DEFINE_integer("icc_cache_size", 4096, "Slots of the cache of earlier projections (0: no cache).")
@@ -279,6 +284,10 @@ def validate_flags():
          "auto or numpy with --num_processes > 1 on JAX (each process reads its share of every batch; Keras "
          "cannot split the tf.data pipeline between JAX processes)")
     need(FLAGS.icc_lambda >= 0, "icc_lambda", ">= 0")
+    need(FLAGS.views != "1" or FLAGS.icc_lambda == 0, "views",
+         "auto or 2 with --icc_lambda > 0 (the intra-class term compares two views of each image)")
+    need(FLAGS.mode == "teacher" or not FLAGS["views"].present, "views",
+         f"unset unless --mode=teacher (here --mode={FLAGS.mode})")
     need(-1 <= FLAGS.icc_delta <= 1 or FLAGS.icc_margin_mode != "gate", "icc_delta",
          "in [-1, 1] with --icc_margin_mode=gate (a probability margin)")
     need(FLAGS.icc_tau > 0, "icc_tau", "> 0")
@@ -532,7 +541,8 @@ def build_teacher(splits, steps):
         backbone, icc_lambda=FLAGS.icc_lambda, icc_delta=FLAGS.icc_delta, icc_tau=FLAGS.icc_tau,
         icc_cache_size=FLAGS.icc_cache_size, icc_margin_mode=FLAGS.icc_margin_mode,
         projection_dim=FLAGS.icc_projection_dim)
-    return dict(model=teacher, saved=teacher, backbone=backbone, views=2 if FLAGS.icc_lambda > 0 else 1,
+    views = (2 if FLAGS.icc_lambda > 0 else 1) if FLAGS.views == "auto" else int(FLAGS.views)
+    return dict(model=teacher, saved=teacher, backbone=backbone, views=views,
                 data_options={}, title=f"{arch} teacher, lambda={FLAGS.icc_lambda}",
                 results={"arch": arch, "init_model": FLAGS.init_model and os.path.abspath(FLAGS.init_model)})
 
@@ -631,6 +641,7 @@ def run(builder, factor):
 
     from keras_icckd import data
     from keras_icckd import training
+    from keras_icckd import version
 
     start = time.time()
     checkpoint_path = os.path.join(FLAGS.output_dir, "checkpoint.npz")
@@ -755,7 +766,7 @@ def run(builder, factor):
         "normalization": {"mean": list(mean), "std": list(std)},
         "test_top1": tops[-1], "best_test_top1": max(tops), "best_epoch": 1 + tops.index(max(tops)),
         "history": rows, "flags": flag_values(), "backend": keras.backend.backend(),
-        "keras_version": keras.__version__, "wall_seconds": recorder.elapsed,
+        "keras_version": keras.__version__, "code": version.code_version(), "wall_seconds": recorder.elapsed,
     }
     # A TFDS stream has no label index; several processes: a predict() on process 0 alone would wait
     # for the others.

@@ -12,7 +12,7 @@ MSDCRD), `training` (`TorchSGD`, schedules, checkpoints, callbacks, crash-safe r
 `export` (TFLite).
 """
 
-__version__ = "0.1.0"
+from keras_icckd.version import __version__  # noqa: F401
 
 from keras_icckd import backbones  # noqa: E402,F401  (registers serializable classes)
 from keras_icckd import losses  # noqa: E402,F401

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-import keras_icckd  # noqa: F401  (registers the serialisable classes)
+import keras_icckd  # (also registers the serialisable classes)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 RUN = os.path.join(ROOT, "experiments", "run.py")
@@ -48,8 +48,21 @@ def test_teacher_run_writes_model_metrics_and_curves(teacher_run):
     assert metrics["test_top1"] == metrics["history"][-1]["test_top1"]
     assert metrics["best_test_top1"] == max(r["test_top1"] for r in metrics["history"])
     assert metrics["wall_seconds"] > 0
+    assert metrics["code"]["version"] == keras_icckd.__version__ and "commit" in metrics["code"]
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
     assert model.backbone.output["logits"].shape[-1] == 3
+
+
+def test_views_are_set_independently_of_lambda(tmp_path):
+    """--views=2 with --icc_lambda=0: the two-view CE control (two views through the network, CE alone)."""
+    out = os.path.join(tmp_path, "two_view_ce")
+    result = run([*SMALL, "--epochs=1", "--icc_lambda=0", "--views=2", f"--output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["views"] == 2 and metrics["flags"]["views"] == "2"
+    row = metrics["history"][-1]
+    assert "intra" not in row and "margin_pass" not in row
+    np.testing.assert_allclose(row["loss"], row["ce"], rtol=1e-5)
 
 
 def test_student_run_distils_from_the_teacher_file(teacher_run, tmp_path):

@@ -54,7 +54,8 @@ def test_lambda_zero_is_plain_cross_entropy(splits):
     teacher = make_teacher(splits, icc_lambda=0.0, icc_delta=-1.0)
     history = teacher.fit(two_view_data(splits, 1), epochs=1, steps_per_epoch=2, verbose=0).history
     np.testing.assert_allclose(history["loss"], history["ce"], rtol=1e-5)
-    assert history["intra"][0] > 0  # still measured for monitoring, with weight 0
+    assert "intra" not in history and "margin_pass" not in history  # no intra-class term at all
+    assert int(to_numpy(teacher.cache.pointer)) == 0
     # The unused projection head is frozen: one-view CE training warns of no missing gradients.
     assert {v.path for v in teacher.trainable_variables} == {v.path for v in teacher.backbone.trainable_variables}
     with warnings.catch_warnings(record=True) as caught:
@@ -63,12 +64,32 @@ def test_lambda_zero_is_plain_cross_entropy(splits):
     assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
 
 
-def test_single_view_batches_train_with_ce_only(splits):
+def test_two_view_lambda_zero_loss_is_cross_entropy_of_view_one(splits):
+    """The two-view CE control: both views go through the backbone (batch norm sees 2B images), the
+    loss is the CE of the first view's logits alone, with no intra-class term."""
+    teacher = make_teacher(splits, icc_lambda=0.0)
+    x, y = next(iter(two_view_data(splits, 1)))
+    x = {k: to_numpy(v) for k, v in x.items()}
+    y = to_numpy(y)
+    y_pred = teacher(x, training=True)
+    assert set(y_pred) == {"logits", "logits_view2", "projection", "projection_view2"}
+    loss = float(to_numpy(teacher.compute_loss(x, y, y_pred, training=True)))
+    logits = to_numpy(y_pred["logits"]).astype("float64")
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    np.testing.assert_allclose(loss, -log_p[np.arange(len(y)), y].mean(), rtol=1e-5)
+
+
+def test_one_view_batches_are_refused_when_lambda_is_positive(splits):
     teacher = make_teacher(splits)
-    history = teacher.fit(two_view_data(splits, 1, views=1), epochs=1, steps_per_epoch=2,
-                          verbose=0).history
-    assert "intra" not in history and np.isfinite(history["loss"]).all()
-    assert int(to_numpy(teacher.cache.pointer)) == 0
+    with pytest.raises(ValueError, match=r"needs two views.*views=2"):
+        teacher.fit(two_view_data(splits, 1, views=1), epochs=1, steps_per_epoch=2, verbose=0)
+    # evaluation is one view and stays allowed (a new teacher: on JAX a fit that raised while tracing
+    # leaves the model unusable)
+    teacher = make_teacher(splits)
+    mean, std = data.normalization_for(splits)
+    test = data.make_eval_dataset(splits.test_images, splits.test_labels, 8, mean=mean, std=std)
+    assert np.isfinite(teacher.evaluate(test, verbose=0, return_dict=True)["loss"])
 
 
 @pytest.mark.parametrize("save_cache", [False, True])

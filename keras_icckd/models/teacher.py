@@ -28,8 +28,11 @@ class ContrastiveTeacher(replicas.MultiWorkerFixes, keras.Model):
     which then takes no part in the loss, is frozen).
 
     Training input: `({"image": view1, "view2": view2}, labels)`, as made by
-    `keras_icckd.data.make_train_dataset(..., views=2)`. A batch without "view2" trains with
-    CE alone. Inference: `teacher(images)` returns the logits. The projection head and cache
+    `keras_icckd.data.make_train_dataset(..., views=2)`. With `icc_lambda > 0` a training batch
+    without "view2" is refused (the intra-class term needs the second view; it would otherwise
+    train with CE alone). With `icc_lambda=0` both kinds of batch train with CE on the first view
+    alone: two views then only change what the backbone's batch normalisation sees (the two-view
+    CE control of the converged study). Inference: `teacher(images)` returns the logits. The projection head and cache
     are training machinery; `teacher.backbone` is the network to distil from.
 
     The training objective lives in `compute_loss`, which the TensorFlow and the JAX
@@ -135,7 +138,14 @@ class ContrastiveTeacher(replicas.MultiWorkerFixes, keras.Model):
         if isinstance(y_pred, dict) and self.ce_on_both_views:
             ce = 0.5 * (ce + _cross_entropy(y_pred["logits_view2"], labels))
         total = ce
-        if isinstance(y_pred, dict):
+        if training and self.icc_lambda > 0 and not isinstance(y_pred, dict):
+            raise ValueError(
+                f"ContrastiveTeacher(icc_lambda={self.icc_lambda}) needs two views per training batch, "
+                "({'image': view1, 'view2': view2}, labels), for its intra-class term; it got one view. "
+                "Make the batches with keras_icckd.data.make_train_dataset(..., views=2) (or the numpy "
+                "pipeline's, or an ImageStream's train_dataset(..., views=2)), or set icc_lambda=0 for a "
+                "cross-entropy teacher")
+        if isinstance(y_pred, dict) and self.icc_lambda > 0:
             bank, bank_labels = (self.cache.features, self.cache.labels) if self.cache else (None, None)
             per_anchor, negatives = intra_class_contrastive(
                 y_pred["projection"], y_pred["projection_view2"], labels, bank, bank_labels,
@@ -157,7 +167,7 @@ class ContrastiveTeacher(replicas.MultiWorkerFixes, keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         results = super().compute_metrics(x, y, y_pred, sample_weight)
-        if not isinstance(y_pred, dict):  # Single-view batches (evaluation) have no intra terms.
+        if not isinstance(y_pred, dict) or self.icc_lambda == 0:  # one view (evaluation), or no intra term
             results = {k: v for k, v in results.items() if k not in _VIEW_ONLY_METRICS}
         return results
 
