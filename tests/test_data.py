@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import keras_icckd.data
-from keras_icckd.data import numpy_pipeline, pipeline, sources
+from keras_icckd.data import datasets, numpy_pipeline, pipeline, sources
 from keras_icckd.data import (DataError, load, load_cifar_python, load_image_folder, load_tfds,
                               make_synthetic, normalization_for)
 
@@ -383,12 +383,12 @@ def test_dispatch_errors_and_normalization():
         load("imagenet")
     with pytest.raises(DataError, match="data_dir"):
         load("cifar100")
-    assert sources.default_data_dir("folder") == sources.BUNDLED_CIFAR10 and os.path.isabs(sources.BUNDLED_CIFAR10)
+    assert datasets.default_data_dir("folder") == sources.BUNDLED_CIFAR10 and os.path.isabs(sources.BUNDLED_CIFAR10)
     hundred = make_synthetic(num_classes=100, train_per_class=1, test_per_class=1)
     assert normalization_for(hundred) == (sources.CIFAR100_MEAN, sources.CIFAR100_STD)
 
 
-@pytest.mark.parametrize("module", [sources, pipeline, numpy_pipeline, keras_icckd.data])
+@pytest.mark.parametrize("module", [sources, datasets, pipeline, numpy_pipeline, keras_icckd.data])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -15,6 +15,7 @@ from PIL import Image
 
 from helpers import REPO_ROOT
 from keras_icckd import data
+from keras_icckd.data import locations
 from keras_icckd.data import sources
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
@@ -75,10 +76,12 @@ def test_tinyimagenet_loads_with_rgb_images_and_its_constants(archive, tmp_path)
 
 
 def test_default_location_and_missing_archive(monkeypatch, tmp_path):
+    monkeypatch.delenv(locations.DATA_ENV, raising=False)
     path = sources.default_tinyimagenet_path()
     assert os.path.isabs(path) and path.endswith(os.path.join("shared", "datasets", "tinyimagenet200-jpeg.tar.gz"))
-    assert sources.default_data_dir("tinyimagenet") == path
-    monkeypatch.setattr(sources, "_SHARED_DATASETS", str(tmp_path))
+    assert data.default_data_dir("tinyimagenet") == path
+    monkeypatch.setenv(locations.DATA_ENV, str(tmp_path))
+    monkeypatch.setattr(locations, "checkout_root", lambda: None)
     with pytest.raises(data.DataError, match=r"Tiny-ImageNet not found at .*tinyimagenet200-jpeg\.tar\.gz: pass data_dir"):
         data.load("tinyimagenet")
     os.makedirs(tmp_path / "tinyimagenet200-jpeg")  # only the extracted folder: that is the default then

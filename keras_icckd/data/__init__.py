@@ -15,17 +15,15 @@ from keras_icckd.data.sources import (
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
-    SOURCES,
     DataError,
     Splits,
-    default_data_dir,
-    load,
     load_cifar_python,
     load_image_folder,
     load_tfds,
     make_synthetic,
     normalization_for,
 )
+from keras_icckd.data.datasets import Dataset, default_data_dir, load, names as dataset_names
 from keras_icckd.data.streaming import ImageStream, open_image_stream, open_tfds_stream
 
 PIPELINES = ("auto", "tf_data", "numpy")

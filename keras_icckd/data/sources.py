@@ -2,7 +2,7 @@
 
 Sources: the canonical CIFAR python tarballs, image folders (a directory or a tar archive laid
 out `<root>/<split>/<class>/<image>`), Tiny-ImageNet (such a folder), prepared TFDS datasets and
-synthetic data. `load` picks one by name.
+synthetic data. `keras_icckd.data.datasets` registers them by name (`load`).
 """
 
 import dataclasses
@@ -18,10 +18,11 @@ import zlib
 
 import numpy as np
 
+from keras_icckd.data import locations
+
 log = logging.getLogger(__name__)
 
 BUNDLED_CIFAR10 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "cifar10-mini.tar.gz")
-SOURCES = ("cifar10", "cifar100", "folder", "tfds", "synthetic", "tinyimagenet")
 SPLITS = ("train", "test")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -36,8 +37,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TINYIMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINYIMAGENET_STD = (0.2764, 0.2689, 0.2816)
 TINYIMAGENET_ARCHIVE = "tinyimagenet200-jpeg.tar.gz"
-# The checkout's sibling folder shared/datasets, where the archive (or its extracted folder) lives.
-_SHARED_DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "datasets")
 
 # Per-channel (mean, std) of RGB images scaled to [0, 1], by name.
 NORMALIZATIONS = {
@@ -55,6 +54,7 @@ _CIFAR = {
     "cifar100": ("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
                  ("train",), ("test",), "meta", b"fine_labels", b"fine_label_names"),
 }
+CIFAR_ARCHIVES = {variant: spec[0] for variant, spec in _CIFAR.items()}
 _CACHE_FORMAT = 1
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, OSError)
 
@@ -442,10 +442,9 @@ def load_image_folder(path, cache_dir=None):
 
 
 def default_tinyimagenet_path():
-    """shared/datasets/tinyimagenet200-jpeg.tar.gz beside the checkout (its extracted folder if only that exists)."""
-    archive = os.path.normpath(os.path.join(_SHARED_DATASETS, TINYIMAGENET_ARCHIVE))
-    folder = archive[: -len(".tar.gz")]
-    return folder if os.path.isdir(folder) and not os.path.exists(archive) else archive
+    """tinyimagenet200-jpeg.tar.gz (or, where only that exists, its extracted folder) in the data roots of
+    `keras_icckd.data.locations` ($KERAS_ICCKD_DATA, the checkout's ../shared/datasets); None without a root."""
+    return locations.find(TINYIMAGENET_ARCHIVE, TINYIMAGENET_ARCHIVE[: -len(".tar.gz")])
 
 
 def load_tinyimagenet(path=None, cache_dir=None):
@@ -464,6 +463,9 @@ def load_tinyimagenet(path=None, cache_dir=None):
         A `Splits` named "tinyimagenet" (normalised with `TINYIMAGENET_MEAN` / `TINYIMAGENET_STD`).
     """
     path = os.fspath(path) if path is not None else default_tinyimagenet_path()
+    if path is None:
+        raise DataError(f"Tiny-ImageNet: no data_dir given and no data folder to look in: pass data_dir=<"
+                        f"{TINYIMAGENET_ARCHIVE} or its extracted folder>, or set ${locations.DATA_ENV}")
     if not os.path.exists(path):
         raise DataError(f"Tiny-ImageNet not found at {path}: pass data_dir=<{TINYIMAGENET_ARCHIVE} or its "
                         "extracted folder>")
@@ -611,66 +613,15 @@ def make_synthetic(num_classes=10, train_per_class=20, test_per_class=5, image_s
                   train_s, test_s)
 
 
-# ----------------------------------------------------------------------------- dispatch
-
-
-def default_data_dir(name):
-    """Where `load(name)` looks when no data_dir is given (None: the source needs no files or must be told).
-
-    Args:
-        name: one of `SOURCES`.
-    """
-    _check_source(name)
-    if name == "tinyimagenet":
-        return default_tinyimagenet_path()
-    return {"folder": BUNDLED_CIFAR10, "tfds": default_tfds_dir()}.get(name)
-
-
-def _check_source(name):
-    if name not in SOURCES:
-        raise DataError(f"Unknown data source {name!r}; valid names: {', '.join(SOURCES)}")
-
-
-def load(name, data_dir=None, **kwargs):
-    """Loads a dataset by source name.
-
-    Args:
-        name: "cifar10" / "cifar100" (data_dir: the python tarball or its directory), "folder"
-            (data_dir: image folder or archive, default the bundled CIFAR-10 subset), "tinyimagenet"
-            (data_dir: its archive or folder, default `default_tinyimagenet_path()`), "tfds"
-            (kwargs: tfds_name, plus `load_tfds` options) or "synthetic" (kwargs: `make_synthetic`).
-        data_dir: where the data is; default `default_data_dir(name)`.
-        **kwargs: passed on to the source's loader.
-
-    Example:
-        >>> load("synthetic", num_classes=2, train_per_class=3).train_images.shape
-        (6, 32, 32, 3)
-    """
-    _check_source(name)
-    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir(name)
-    if name == "synthetic":
-        if data_dir is not None:
-            raise DataError(f"The synthetic source reads no files, but data_dir={data_dir!r} was given")
-        return make_synthetic(**kwargs)
-    if name == "tfds":
-        if "tfds_name" not in kwargs:
-            raise DataError("The tfds source needs tfds_name=<TFDS dataset name>")
-        return load_tfds(kwargs.pop("tfds_name"), data_dir, **kwargs)
-    if data_dir is None:
-        raise DataError(f"The {name} source needs data_dir=<path of {_CIFAR[name][0]} or its directory>")
-    if name == "folder":
-        return load_image_folder(data_dir, **kwargs)
-    if name == "tinyimagenet":
-        return load_tinyimagenet(data_dir, **kwargs)
-    return load_cifar_python(data_dir, variant=name, **kwargs)
+# ----------------------------------------------------------------------------- normalisation
 
 
 def feed_normalization_name(dataset, num_classes):
     """Name (a key of `NORMALIZATIONS`) of the constants this project normalises a dataset with.
 
-    The one rule behind `normalization_for`: Tiny-ImageNet's own constants for Splits named
-    "tinyimagenet", the CIFAR-100 constants for other 100-class datasets, the CIFAR-10 constants
-    otherwise, whatever the source (a subset, a JPEG copy and the canonical data are normalised alike).
+    The one rule behind `normalization_for`: the constants registered for the dataset's name
+    (`keras_icckd.data.datasets`: Tiny-ImageNet's for "tinyimagenet"), else the CIFAR-100 constants
+    for 100-class datasets and the CIFAR-10 constants otherwise, whatever the source (a subset, a JPEG copy and the canonical data are normalised alike).
 
     Args:
         dataset: the dataset's name (`Splits.name`), or None when only the class count is known.
@@ -680,9 +631,9 @@ def feed_normalization_name(dataset, num_classes):
         >>> feed_normalization_name("cifar10-jpeg", 10), feed_normalization_name(None, 100)
         ('cifar10', 'cifar100')
     """
-    if dataset == "tinyimagenet":
-        return "tinyimagenet"
-    return "cifar100" if num_classes == 100 else "cifar10"
+    from keras_icckd.data import datasets  # the registry (it imports this module)
+
+    return datasets.fixed_normalization(dataset) or ("cifar100" if num_classes == 100 else "cifar10")
 
 
 def normalization_for(splits):
