@@ -7,6 +7,7 @@ from keras_icckd import objectives as objective_zoo
 from keras_icckd import replicas
 
 _RESERVED = ("loss", "ce", "accuracy", "agreement")
+_MODEL_REQUIREMENTS = ("classifier",)  # what objectives read from the networks, not from the batch
 
 
 def _as_backbone(model, role):
@@ -168,6 +169,13 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
             constants["teacher_classifier"] = tuple(
                 ops.stop_gradient(ops.convert_to_tensor(v))
                 for v in (self.teacher.classifier.kernel, self.teacher.classifier.bias))
+        missing = [r for r in self.requires if r not in _MODEL_REQUIREMENTS and not (isinstance(x, dict) and r in x)]
+        if training and missing:
+            raise ValueError(
+                f"the objectives {[o.name for o in self.objective_layers if set(o.requires) & set(missing)]} need "
+                f"the inputs {missing} in every training batch, which lacks them (they would train on nothing). "
+                f"Make the batches with keras_icckd.data.make_train_dataset(..., **distiller.data_options()) "
+                f"(here {self.data_options()})")
         extras = replicas.global_batch(x if isinstance(x, dict) else {}, constants=constants)
         for objective, weight, tracker in zip(self.objective_layers, self.objective_weights,
                                               self.objective_trackers):

@@ -10,6 +10,7 @@ from keras_icckd.losses import intra_class_contrastive
 from keras_icckd.losses import intra_class_objective
 from keras_icckd import replicas
 from keras_icckd.models.cache import IntraClassCache
+from keras_icckd.models.classifier import backbone_with
 
 _VIEW_ONLY_METRICS = ("intra", "margin_pass", "negatives")
 
@@ -73,13 +74,8 @@ class ContrastiveTeacher(replicas.MultiWorkerFixes, keras.Model):
         _check("icc_margin_mode", icc_margin_mode, icc_margin_mode in MARGIN_MODES,
                f"one of {MARGIN_MODES}")
         _check("projection_dim", projection_dim, int(projection_dim) >= 1, ">= 1")
-        if isinstance(backbone, dict):
-            backbone = keras.saving.deserialize_keras_object(backbone)
-        outputs = getattr(backbone, "output", None)
-        if not isinstance(outputs, dict) or not {"logits", "embedding"} <= set(outputs):
-            raise ValueError(
-                "backbone must be a keras_icckd backbone whose outputs are a dict with "
-                f"'logits' and 'embedding'; got {type(backbone).__name__}")
+        backbone = backbone_with(backbone, ("logits", "embedding"))
+        outputs = backbone.output
         self.backbone = backbone
         self.num_classes = int(outputs["logits"].shape[-1])
         embedding_dim = int(outputs["embedding"].shape[-1])
@@ -107,6 +103,11 @@ class ContrastiveTeacher(replicas.MultiWorkerFixes, keras.Model):
 
     def build(self, input_shape=None):
         self.built = True
+
+    def data_options(self):
+        """Keyword arguments of `keras_icckd.data.make_train_dataset` (and the other pipelines) that give
+        the batches this teacher trains on: two views when the intra-class term is on."""
+        return {"views": 2} if self.icc_lambda > 0 else {}
 
     def project(self, embedding):
         """The L2-normalised projection g(f) used by the contrastive loss."""
