@@ -17,17 +17,17 @@ import pytest
 from absl import app
 from absl import flags
 
-from helpers import REPO_ROOT
 from keras_icckd import backbones
+from keras_icckd import cli
+from keras_icckd import recipes
 from keras_icckd import data
 from keras_icckd import objectives
 from keras_icckd import training
 from keras_icckd.models import ContrastiveTeacher
 from keras_icckd.models import Distiller
 from keras_icckd.models import load_teacher
+from keras_icckd.recipes import checks
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
-import run  # noqa: E402  (defines the flags)
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +51,15 @@ def files(tmp_path_factory):
 
 
 def validate(argv, files):
-    """Parses argv with run.py's flags and runs its validator; returns the error message."""
+    """Parses argv with the command line's flags and runs the library's checks; returns the error message."""
     values = flags.FlagValues()
-    for flag in run.FLAGS.get_flags_for_module(run):
-        values[flag.name] = flag
+    cli.define_flags(values)
     argv = [a.format(**files) for a in argv]
     out = os.path.join(files["root"], "out")
     try:
         values(["run.py", f"--output_dir={out}", *argv])
-        saved, run.FLAGS = run.FLAGS, values
-        try:
-            run.validate_flags()
-        finally:
-            run.FLAGS = saved
-            for flag in run.FLAGS.get_flags_for_module(run):
-                flag.value, flag.present = flag.default, 0
-    except (app.UsageError, flags.Error) as e:
+        checks.validate(cli.config_from_flags(values))
+    except (app.UsageError, flags.Error, recipes.ConfigError) as e:
         return str(e)
     return None
 

@@ -2,16 +2,12 @@
 
 import glob
 import os
-import sys
 
 import pytest
 from absl import flags
 
 from helpers import REPO_ROOT
-from keras_icckd import backbones, objectives
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
-import run  # noqa: E402  (defines the flags)
+from keras_icckd import backbones, cli, objectives
 
 FLAGFILES = sorted(glob.glob(os.path.join(REPO_ROOT, "experiments", "flags", "**", "*.flags"), recursive=True))
 
@@ -26,8 +22,7 @@ def test_flagfile_parses(path, monkeypatch):
     first = open(path).readline()
     assert first.startswith("# ") and ("run.py" in first or ".sh" in first), first
     values = flags.FlagValues()
-    for flag in run.FLAGS.get_flags_for_module(run):
-        values[flag.name] = flag
+    cli.define_flags(values)
     # Unknown flags and bad enum values raise here (a flagfile run by a script gets its output_dir there).
     values(["run.py", "--output_dir=set-by-the-script", f"--flagfile={path}"])
     assert values["arch"].value in backbones.names()

@@ -1,4 +1,8 @@
-"""Distillation objectives, one file per method, selectable by name: `get("kd")`, `parse("kd:0.9")`."""
+"""Distillation objectives, one file per method, selectable by name: `get("kd")`, `parse("kd:0.9")`.
+
+A new objective is one file (a subclass of `Objective` decorated with `@register("name")`) plus its
+import line below; `names()` then lists it for the command line's help and the tests
+(keras_icckd/ARCHITECTURE.md)."""
 
 from keras_icckd.objectives.base import Objective, get, names, parse, register
 from keras_icckd.objectives.at import AT
