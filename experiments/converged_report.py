@@ -38,7 +38,7 @@ flags.DEFINE_string("figure", os.path.join("experiments", "results", "converged_
 flags.DEFINE_string("summary", os.path.join(RESULTS, "summary.json"), "The numbers as JSON.")
 
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
-TEACHER = re.compile(r"^(ft|scratch)_teacher_lambda([0-9.]+?)(?:_seed(\d+))?$")
+TEACHER = re.compile(r"^(ft|scratch|twoview)_teacher_lambda([0-9.]+?)(?:_seed(\d+))?$")
 STUDENT = re.compile(r"^(.+)_seed(\d+)$")
 # student setting -> (label, teacher folder); the order of the tables
 SETTINGS = {
@@ -47,6 +47,13 @@ SETTINGS = {
     "kd_ce_teacher2": ("KD from a second CE teacher (fine-tuning seed 1)", "ft_teacher_lambda0_seed1"),
     "kd_ce_teacher3": ("KD from a third CE teacher (fine-tuning seed 2)", "ft_teacher_lambda0_seed2"),
     "kd_ce_teacher4": ("KD from a fourth CE teacher (fine-tuning seed 3)", "ft_teacher_lambda0_seed3"),
+    "kd_twoview_ce": ("KD from the two-view CE teacher (fine-tuning seed 0)", "twoview_teacher_lambda0"),
+    "kd_twoview_ce_teacher2": ("KD from a second two-view CE teacher (fine-tuning seed 1)",
+                               "twoview_teacher_lambda0_seed1"),
+    "kd_twoview_ce_teacher3": ("KD from a third two-view CE teacher (fine-tuning seed 2)",
+                               "twoview_teacher_lambda0_seed2"),
+    "kd_twoview_ce_teacher4": ("KD from a fourth two-view CE teacher (fine-tuning seed 3)",
+                               "twoview_teacher_lambda0_seed3"),
     "kd_icc0.01": ("KD from ICC lambda 0.01 (Ours)", "ft_teacher_lambda0.01"),
     "kd_icc0.05": ("KD from ICC lambda 0.05 (Ours)", "ft_teacher_lambda0.05"),
     "kd_icc0.05_teacher2": ("KD from a second ICC lambda 0.05 teacher (fine-tuning seed 1)",
@@ -66,6 +73,10 @@ SETTINGS = {
 }
 # KD from each CE teacher fine-tuned from the published weights (one arm per teacher)
 CE_KD = ("kd_ce", "kd_ce_teacher2", "kd_ce_teacher3", "kd_ce_teacher4")
+# KD from each two-view CE teacher (lambda 0, two views through the network: the control of part 2)
+TWOVIEW_KD = ("kd_twoview_ce", "kd_twoview_ce_teacher2", "kd_twoview_ce_teacher3", "kd_twoview_ce_teacher4")
+# KD from each ICC teacher fine-tuned from the published weights
+ICC_KD = ("kd_icc0.01", "kd_icc0.05", "kd_icc0.05_teacher2", "kd_icc0.1", "kd_icc0.1_teacher2")
 # the from-scratch control's pairs of teachers (one seed each): (KD from the CE teacher, KD from the ICC teacher)
 SCRATCH_PAIRS = (("kd_scratch_ce", "kd_scratch_icc"), ("kd_scratch_ce_teacher2", "kd_scratch_icc_teacher2"))
 
@@ -234,15 +245,65 @@ def teacher_level(groups, ce, icc):
     return {"kd_mean_per_teacher": means, **rank_test(low, high)}
 
 
-def paired_table(comparisons, settings):
+def holm(pvalues):
+    """Holm's step-down adjustment of {name: p} for testing them all (each p times the number of tests not
+    yet passed, in increasing order, kept monotone and at most 1)."""
+    out, running = {}, 0.0
+    ordered = sorted(pvalues.items(), key=lambda item: item[1])
+    for i, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - i) * p))
+        out[name] = running
+    return out
+
+
+def paired_table(comparisons, settings, adjusted=None):
+    """A table of paired comparisons; `adjusted`: {setting: Holm-adjusted p}, added as a last column."""
     rows = []
     for setting in (s for s in settings if s in comparisons):
         c = comparisons[setting]
         rows.append([SETTINGS.get(setting, (setting,))[0], ",".join(map(str, c["seeds"])),
                      "; ".join(f"s{s}: {d:+.2f}" for s, d in zip(c["seeds"], c["differences"])),
-                     f"{c['mean']:+.2f}", f"{c['std']:.2f}", f"{c['t']:.2f}", f"{c['p_two_sided']:.3f}"])
+                     f"{c['mean']:+.2f}", f"{c['std']:.2f}", f"{c['t']:.2f}", f"{c['p_two_sided']:.3f}"]
+                    + ([fmt(adjusted.get(setting), ".3f")] if adjusted is not None else []))
+    extra = [f"Holm-adjusted p ({len(adjusted)} ICC teachers)"] if adjusted is not None else []
     return table(["setting", "seeds", "per seed: difference (points)", "mean difference", "sample std",
-                  "t (n - 1 d.f.)", "two-sided p"], rows)
+                  "t (n - 1 d.f.)", "two-sided p"] + extra, rows)
+
+
+def spread_rule(groups, first, second):
+    """The design's rule, "a difference counts only when it exceeds the seeds' spread", as stated before
+    part 2's runs: D = mean over the first kind's teachers of their KD means minus the same over the
+    second kind's; s = the mean over every KD arm of both kinds of its sample std over seeds; D counts
+    when |D| > s. None until both kinds have a teacher."""
+    if not first or not second:
+        return None
+    means = {k: groups[k]["last_mean_std"][0] for k in first + second}
+    d = float(np.mean([means[k] for k in first]) - np.mean([means[k] for k in second]))
+    s = float(np.mean([groups[k]["last_mean_std"][1] for k in first + second]))
+    return {"first": list(first), "second": list(second), "difference": d, "spread": s, "counts": abs(d) > s}
+
+
+def two_sided_rank_test(a, b):
+    """The exact Mann-Whitney test of a against b in either direction: twice the smaller one-sided p (at most 1)."""
+    up, down = rank_test(b, a), rank_test(a, b)
+    return {"u": up["u"], "u_max": up["u_max"], "p_two_sided": min(1.0, 2 * min(up["p_one_sided"],
+                                                                               down["p_one_sided"]))}
+
+
+def rule_table(rules):
+    """The three teacher-level comparisons by the pre-stated rule, with the rank tests after it."""
+    rows = []
+    for label, rule, test in rules:
+        if rule is None:
+            rows.append([label, "not yet (needs complete KD arms of both kinds)", "", "", "", ""])
+            continue
+        p = (f"U {test['u']:g} of {test['u_max']}, "
+             + (f"one-sided p = {test['p_one_sided']:.3f}" if "p_one_sided" in test
+                else f"two-sided p = {test['p_two_sided']:.3f}"))
+        rows.append([label, f"{len(rule['first'])} against {len(rule['second'])}", f"{rule['difference']:+.2f}",
+                     f"{rule['spread']:.2f}", "yes" if rule["counts"] else "no", p])
+    return table(["comparison (KD means per teacher)", "teachers", "D (points)", "seeds' spread s",
+                  "counts (abs(D) > s)", "secondary: exact Mann-Whitney"], rows)
 
 
 def teacher_table(rows, kind):
@@ -325,6 +386,11 @@ def figure(rows, groups, path):
     for i, (pos, (mean, std)) in enumerate(hollow):
         ax.errorbar([pos], [mean], yerr=[std], marker="o", mfc="none", linestyle="", capsize=4, color="C1",
                     label="KD from a teacher of another fine-tuning seed" if i == 0 else None)
+    twoview = [(k, groups[k]) for k in TWOVIEW_KD if k in groups]
+    for i, (_, g) in enumerate(twoview):  # the two-view CE control, left of lambda 0
+        std = g["last_mean_std"][1] if len(g["seeds"]) > 1 else 0.0
+        ax.errorbar([-0.12 * (i + 1)], [g["last_mean_std"][0]], yerr=[std], marker="s", mfc="none", linestyle="",
+                    capsize=4, color="C2", label="KD from a two-view CE teacher" if i == 0 else None)
     for setting, style in (("alone", ":"), ("dkd", "--"), ("crd", "-.")):
         if setting in groups:
             ax.axhline(groups[setting]["last_mean_std"][0], linestyle=style, color="grey", label=setting.upper()
@@ -353,7 +419,7 @@ def main(argv):
     collect(FLAGS.runs, FLAGS.results_dir)
     rows, groups = teachers(FLAGS.results_dir), students(FLAGS.results_dir)
     # the fine-tuned study's arms against KD from its CE teacher (the from-scratch arms are another protocol)
-    fine_tuned = [s for s in SETTINGS if not s.startswith("kd_scratch")]
+    fine_tuned = [s for s in SETTINGS if not s.startswith(("kd_scratch", "kd_twoview"))]  # part 2 has its own
     comparisons = paired({k: v for k, v in groups.items() if k in fine_tuned})
     # the from-scratch control: in each pair, KD from its ICC teacher against KD from its CE teacher, by seed
     scratch = {icc: v for ce_, icc in SCRATCH_PAIRS for k, v in paired(groups, ce_).items() if k == icc}
@@ -368,7 +434,29 @@ def main(argv):
     ce = [s for s in CE_KD if complete(s)]
     icc = [s for s in SETTINGS if s.startswith("kd_icc")] + ["rkd_icc"]
     ce_all = {k: v for k, v in paired({**groups, "kd_ce_all": mean_of(groups, ce)}, "kd_ce_all").items() if k in icc}
-    level = teacher_level(groups, ce, [s for s in icc if s.startswith("kd_icc") and complete(s)])
+    icc_done = [s for s in ICC_KD if complete(s)]
+    level = teacher_level(groups, ce, icc_done)
+    # Holm over every ICC teacher tested (its KD arm), not over the lambdas
+    ce_all_holm = holm({k: v["p_two_sided"] for k, v in ce_all.items() if k in ICC_KD})
+    # part 2: the two-view CE control; the pre-stated rule over the three comparisons
+    twoview = [s for s in TWOVIEW_KD if complete(s)]
+    twoview_all = ({k: v for k, v in paired({**groups, "kd_twoview_all": mean_of(groups, twoview)},
+                                            "kd_twoview_all").items() if k in ICC_KD} if twoview else {})
+    twoview_holm = holm({k: v["p_two_sided"] for k, v in twoview_all.items()})
+    kd_mean = {k: groups[k]["last_mean_std"][0] for k in ce + twoview + icc_done}
+    rules = {
+        "icc_vs_twoview_ce": (spread_rule(groups, icc_done, twoview),
+                              rank_test([kd_mean[k] for k in twoview], [kd_mean[k] for k in icc_done])
+                              if twoview and icc_done else None),
+        "icc_vs_one_view_ce": (spread_rule(groups, icc_done, ce),
+                               rank_test([kd_mean[k] for k in ce], [kd_mean[k] for k in icc_done])
+                               if ce and icc_done else None),
+        "twoview_ce_vs_one_view_ce": (spread_rule(groups, twoview, ce),
+                                      two_sided_rank_test([kd_mean[k] for k in twoview], [kd_mean[k] for k in ce])
+                                      if twoview and ce else None)}
+    labels = {"icc_vs_twoview_ce": "(a) ICC against two-view CE (the intra-class term alone)",
+              "icc_vs_one_view_ce": "(b) ICC against one-view CE (the first design's comparison)",
+              "twoview_ce_vs_one_view_ce": "(c) two-view CE against one-view CE (the two views alone)"}
     imported = os.path.join(FLAGS.results_dir, "imported_resnet20", "metrics.json")
     parts = []
     if os.path.isfile(imported):
@@ -380,12 +468,23 @@ def main(argv):
               "### Paired by seed against KD from the CE teacher (last epoch; difference = arm - KD from CE)",
               "", paired_table(comparisons, fine_tuned), "",
               f"### Paired by seed against every CE teacher (difference = arm - mean of KD from the {len(ce)} CE "
-              f"teachers, same seed: {', '.join(groups[s]['teacher'] for s in ce)})", "", paired_table(ce_all, icc), "",
+              f"teachers, same seed: {', '.join(groups[s]['teacher'] for s in ce)})", "",
+              paired_table(ce_all, icc, ce_all_holm), "",
               "Teacher level (one value per teacher: its KD students' mean; KD arms only): " + (
                   "; ".join(f"{SETTINGS[k][0]} {v:.2f}" for k, v in level["kd_mean_per_teacher"].items())
                   + f". Mann-Whitney U of the ICC teachers over the CE teachers {level['u']:g} of {level['u_max']}, "
-                  f"exact one-sided p = {level['p_one_sided']:.3f}." if level else "not yet (needs both kinds)."),
+                  f"exact one-sided p = {level['p_one_sided']:.3f} (a test added after the first results; the "
+                  "design's rule is the table below)." if level else "not yet (needs both kinds)."),
               "",
+              "### The design's rule, by teacher kind (stated before part 2's runs: D counts when abs(D) > s, the "
+              "mean seed spread of the compared KD arms)", "",
+              rule_table([(labels[k], *rules[k]) for k in labels]), "",
+              "### Part 2: the two-view CE control (lambda 0, two views through the network, CE on view 1)", "",
+              teacher_table(rows, "twoview"), "",
+              student_table(groups, TWOVIEW_KD), "",
+              f"Paired by seed against the mean of KD from the {len(twoview)} two-view CE teachers:", "",
+              paired_table(twoview_all, ICC_KD, twoview_holm) if twoview_all else "Not yet (needs a complete two-view "
+              "CE arm).", "",
               "### KD + RKD: from the best ICC teacher against from the CE teacher (paired by seed; difference "
               "= Ours+RKD - KD + RKD from the CE teacher)", "",
               paired_table(rkd, ["rkd_icc"]) if rkd else "Not yet (needs both arms with two seeds in common).", "",
@@ -411,6 +510,9 @@ def main(argv):
     atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons,
                        "ce_teachers_in_mean": ce, "paired_against_mean_of_ce_teachers": ce_all,
                        "teacher_level": level, "paired_rkd_icc_against_rkd_ce": rkd,
+                       "holm_against_mean_of_ce_teachers": ce_all_holm, "twoview_ce_teachers_in_mean": twoview,
+                       "paired_against_mean_of_twoview_ce_teachers": twoview_all, "holm_against_twoview": twoview_holm,
+                       "rule": {k: {"rule": r, "rank_test": t} for k, (r, t) in rules.items()},
                        "paired_scratch_icc_against_scratch_ce": scratch},
                       FLAGS.summary)
     print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))

@@ -134,7 +134,7 @@ def test_report_on_fake_runs(tmp_path):
         in text.split("against every CE teacher")[1]
     assert numbers["ce_teachers_in_mean"] == ["kd_ce", "kd_ce_teacher2"]
     # teacher level (complete teachers only): CE 71.00, 71.17 against ICC 72.00: U = 2 of 2, one split of C(3, 1) = 3
-    assert "exact one-sided p = 0.333." in text
+    assert "exact one-sided p = 0.333 (a test added after" in text
     assert numbers["teacher_level"]["u"] == 2
     assert "KD + RKD from the CE teacher" in text and "Not yet" in text.split("### KD + RKD")[1]
     # the from-scratch control, paired within itself: -1.00, +0.50, 0.00 (mean -0.17, std 0.76, t = -0.38)
@@ -161,7 +161,7 @@ def test_report_on_fake_runs(tmp_path):
     assert "| KD from ICC lambda 0.1 (Ours) | 0,1,2 | s0: +1.17; s1: +0.50; s2: +1.67 | +1.11 |" in text
     # teacher level: CE 71.00, 71.17, 70.50 against ICC 72.00, 72.50: U = 6 of 6, one split of C(5, 2) = 10
     assert numbers["teacher_level"]["kd_mean_per_teacher"]["kd_ce_teacher3"] == pytest.approx(70.5)
-    assert "over the CE teachers 6 of 6, exact one-sided p = 0.100." in text
+    assert "over the CE teachers 6 of 6, exact one-sided p = 0.100 (" in text
     assert "| KD from a second ICC lambda 0.05 teacher (fine-tuning seed 1) | ft_teacher_lambda0.05_seed1 (87.00) |" \
         in text
     # Ours+RKD against KD + RKD from the CE teacher: +1.0, -0.5, +1.0 (mean 0.5, std 0.866, t = 1.0)
@@ -189,3 +189,41 @@ def test_report_on_fake_runs(tmp_path):
            "s2: +1.50 | +1.00 | 0.50 | 3.46 | 0.074 |" in control
     assert set(numbers["paired_scratch_icc_against_scratch_ce"]) == {"kd_scratch_icc", "kd_scratch_icc_teacher2"}
     assert "KD from a second from-scratch CE teacher (seed 1) | scratch_teacher_lambda0_seed1 (87.00) |" in control
+
+    # part 2: two two-view CE teachers and their KD (kd_twoview_ce_teacher3 has one seed: not complete)
+    write(str(runs / "twoview_teacher_lambda0" / "metrics.json"), teacher_metrics(87.2, 0, 0.62))
+    write_students(runs, [("kd_twoview_ce", "twoview_teacher_lambda0", [70.0, 71.0, 71.0]),
+                          ("kd_twoview_ce_teacher2", "twoview_teacher_lambda0_seed1", [71.0, 72.0, 73.0]),
+                          ("kd_twoview_ce_teacher3", "twoview_teacher_lambda0_seed2", [75.0])])
+    text, numbers = run_report(tmp_path, runs, results)
+    part2 = text.split("### Part 2")[1]
+    assert "| twoview_teacher_lambda0 | 0 | 0 | 1 | 87.20 | 0.6200 |" in part2
+    assert "| KD from the two-view CE teacher (fine-tuning seed 0) | twoview_teacher_lambda0 (87.00) | 0,1,2 | " \
+           "70.67 +- 0.58 |" in part2
+    assert "two-view" not in text.split("### Paired by seed against KD from the CE teacher")[1].split("### The design")[0]
+    assert numbers["twoview_ce_teachers_in_mean"] == ["kd_twoview_ce", "kd_twoview_ce_teacher2"]
+    # against the two-view mean per seed (70.5, 71.5, 72.0): ICC lambda 0.1 +0.50, +0.00, +1.50
+    assert "| KD from ICC lambda 0.1 (Ours) | 0,1,2 | s0: +0.50; s1: +0.00; s2: +1.50 | +0.67 | 0.76 | 1.51 |" in part2
+    # the rule: (a) ICC 72.00, 72.50, 70.67 against two-view 70.67, 72.00: D = 71.72 - 71.33 = +0.39, s = the mean
+    # of the five arms' stds (1.32, 0.50, 0.58, 0.58, 1.00) = 0.80: does not count; U = 1.5 + 2 + 0.5 = 4 of 6
+    rule = text.split("### The design's rule")[1]
+    assert "| (a) ICC against two-view CE (the intra-class term alone) | 3 against 2 | +0.39 | 0.80 | no | U 4 of 6," \
+        in rule
+    # (b) D = 71.72 - 71.17 = +0.56, s = 0.91; (c) D = 71.33 - 71.17 = +0.17, s = 0.93
+    assert "| (b) ICC against one-view CE (the first design's comparison) | 3 against 4 | +0.56 | 0.91 | no |" in rule
+    assert "| (c) two-view CE against one-view CE (the two views alone) | 2 against 4 | +0.17 | 0.93 | no |" in rule
+    assert "two-sided p = " in rule.split("(c)")[1].split("\n")[0]
+    assert numbers["rule"]["icc_vs_twoview_ce"]["rule"]["difference"] == pytest.approx(0.3889, abs=1e-4)
+    assert numbers["rule"]["icc_vs_twoview_ce"]["rank_test"]["u"] == pytest.approx(4.0)
+
+
+def test_holm_adjustment_by_hand():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1: 0.03, 0.06, 0.04 -> kept monotone: 0.06
+    assert converged_report.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert converged_report.holm({"a": 0.5, "b": 0.6}) == {"a": 1.0, "b": 1.0}
+
+
+def test_two_sided_rank_test_is_symmetric():
+    low, high = [1.0, 2.0], [3.0, 4.0, 5.0]
+    assert converged_report.two_sided_rank_test(high, low)["p_two_sided"] == pytest.approx(0.2)
+    assert converged_report.two_sided_rank_test(low, high)["p_two_sided"] == pytest.approx(0.2)
