@@ -314,7 +314,7 @@ def teacher_table(rows, kind):
                           fmt(r.get("eval_ratio") or r["intra_inter_ratio"], ".4f"), fmt(r["margin_pass"], ".3f")]
                          + [fmt(r.get(key), ".4f") for key in ("ece", "entropy", "off_mass", "entropy_spread",
                                                                "off_mass_spread")])
-    seed = "fine-tuning seed" if kind == "ft" else "seed"
+    seed = "fine-tuning seed" if kind in ("ft", "twoview") else "seed"
     return table(["teacher", "lambda", seed, "epochs", "test top-1 (%)", "intra/inter ratio", "anchors past margin",
                   "ECE", "entropy at T=4", "off-class mass at T=4", "within-class std of entropy",
                   "within-class std of off-class mass"], cells)
@@ -482,9 +482,10 @@ def main(argv):
               "### Part 2: the two-view CE control (lambda 0, two views through the network, CE on view 1)", "",
               teacher_table(rows, "twoview"), "",
               student_table(groups, TWOVIEW_KD), "",
-              f"Paired by seed against the mean of KD from the {len(twoview)} two-view CE teachers:", "",
-              paired_table(twoview_all, ICC_KD, twoview_holm) if twoview_all else "Not yet (needs a complete two-view "
-              "CE arm).", "",
+              f"Paired by seed against the mean of KD from the {len(twoview)} two-view CE teachers (difference = arm "
+              "- that mean, same seed):" if twoview_all else "Paired against the two-view CE teachers: not yet (needs "
+              "a complete two-view CE arm).", "",
+              *([paired_table(twoview_all, ICC_KD, twoview_holm), ""] if twoview_all else []),
               "### KD + RKD: from the best ICC teacher against from the CE teacher (paired by seed; difference "
               "= Ours+RKD - KD + RKD from the CE teacher)", "",
               paired_table(rkd, ["rkd_icc"]) if rkd else "Not yet (needs both arms with two seeds in common).", "",

@@ -197,7 +197,7 @@ def test_report_on_fake_runs(tmp_path):
                           ("kd_twoview_ce_teacher3", "twoview_teacher_lambda0_seed2", [75.0])])
     text, numbers = run_report(tmp_path, runs, results)
     part2 = text.split("### Part 2")[1]
-    assert "| twoview_teacher_lambda0 | 0 | 0 | 1 | 87.20 | 0.6200 |" in part2
+    assert "| twoview_teacher_lambda0 | 0 | 0 | 1 | 87.20 | 0.6200 |" in part2 and "| fine-tuning seed |" in part2
     assert "| KD from the two-view CE teacher (fine-tuning seed 0) | twoview_teacher_lambda0 (87.00) | 0,1,2 | " \
            "70.67 +- 0.58 |" in part2
     assert "two-view" not in text.split("### Paired by seed against KD from the CE teacher")[1].split("### The design")[0]
