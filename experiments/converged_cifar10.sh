@@ -2,7 +2,7 @@
 # The converged-scale CIFAR-10 study (experiments/results/converged_cifar10.md): does KD from an
 # intra-class contrastive (ICC) teacher beat KD from a CE teacher when the teachers are converged?
 #
-#   bash experiments/converged_cifar10.sh [STAGE ...]    # stages: teachers students scratch twoview report
+#   bash experiments/converged_cifar10.sh [STAGE ...]    # stages: teachers students scratch twoview long report
 #                                                         # (default: all)
 #
 # teachers: imports the published akamaster resnet20 (../shared/teachers), fine-tunes it on the full
@@ -17,6 +17,8 @@
 # twoview: the two-view CE control: lambda-0 teachers fine-tuned like the ICC teachers (ft_teacher.flags with
 #   --views=2: two views through the network, CE on the first alone) with fine-tuning seeds 0-3, their
 #   evaluations, then KD from each (kd_twoview_ce*.flags).
+# long: part 3, students of 15 epochs (long_student.flags): KD from the chosen ICC teacher (lambda 0.05,
+#   fine-tuning seed 0) and from its two-view CE control (seed 0), and the student alone, over seeds $SEEDS.
 # report: tables and the figure (experiments/converged_report.py).
 # Finished runs (here or committed under experiments/results/converged_cifar10) are reused and
 # interrupted ones resume: the same command continues after a kill or in a fresh clone.
@@ -30,7 +32,7 @@ data=../shared/datasets/cifar10-jpeg.tar.gz
 flags=experiments/flags/converged
 lambdas="${LAMBDAS:-0 0.01 0.05 0.1}"
 seeds="${SEEDS:-0,1,2}"
-stages="${*:-teachers students scratch twoview report}"
+stages="${*:-teachers students scratch twoview long report}"
 py=.venv/bin/python
 committed=experiments/results/converged_cifar10
 
@@ -98,6 +100,9 @@ if [[ " $stages " == *" twoview "* ]]; then
   done
   sweep "$flags/kd_twoview_ce.flags" "$flags/kd_twoview_ce_teacher2.flags" "$flags/kd_twoview_ce_teacher3.flags" \
     "$flags/kd_twoview_ce_teacher4.flags"
+fi
+if [[ " $stages " == *" long "* ]]; then
+  sweep "$flags/kd_icc0.05_long.flags" "$flags/kd_twoview_ce_long.flags" "$flags/alone_long.flags"
 fi
 if [[ " $stages " == *" report "* ]]; then
   $py experiments/converged_report.py --runs="$out"

@@ -61,6 +61,11 @@ SETTINGS = {
     "kd_icc0.1": ("KD from ICC lambda 0.1 (Ours)", "ft_teacher_lambda0.1"),
     "kd_icc0.1_teacher2": ("KD from a second ICC lambda 0.1 teacher (fine-tuning seed 1)",
                            "ft_teacher_lambda0.1_seed1"),
+    "kd_icc0.05_long": ("KD for 15 epochs from ICC lambda 0.05 (the teacher chosen for part 3)",
+                        "ft_teacher_lambda0.05"),
+    "kd_twoview_ce_long": ("KD for 15 epochs from the two-view CE teacher (fine-tuning seed 0)",
+                           "twoview_teacher_lambda0"),
+    "alone_long": ("resnet8 alone (CE) for 15 epochs", None),
     "rkd_icc": ("KD + RKD from the best ICC teacher (Ours+RKD)", None),
     "rkd_ce": ("KD + RKD from the CE teacher", "ft_teacher_lambda0"),
     "dkd": ("DKD from the CE teacher", "ft_teacher_lambda0"),
@@ -77,6 +82,8 @@ CE_KD = ("kd_ce", "kd_ce_teacher2", "kd_ce_teacher3", "kd_ce_teacher4")
 TWOVIEW_KD = ("kd_twoview_ce", "kd_twoview_ce_teacher2", "kd_twoview_ce_teacher3", "kd_twoview_ce_teacher4")
 # KD from each ICC teacher fine-tuned from the published weights
 ICC_KD = ("kd_icc0.01", "kd_icc0.05", "kd_icc0.05_teacher2", "kd_icc0.1", "kd_icc0.1_teacher2")
+# part 3: students of 15 epochs (the ICC teacher chosen before the runs, its two-view CE control, alone)
+LONG = ("kd_icc0.05_long", "kd_twoview_ce_long", "alone_long")
 # the from-scratch control's pairs of teachers (one seed each): (KD from the CE teacher, KD from the ICC teacher)
 SCRATCH_PAIRS = (("kd_scratch_ce", "kd_scratch_icc"), ("kd_scratch_ce_teacher2", "kd_scratch_icc_teacher2"))
 
@@ -157,6 +164,10 @@ def students(results):
         out[setting] = {
             "seeds": [s for s, _ in runs], "last": last, "best": best,
             "best_epoch": [m["best_epoch"] for _, m in runs], "epochs": len(first["history"]),
+            # how flat the end of each run's curve is: max - min of test top-1 over its last three epochs
+            "last3_range": [float(np.ptp([r["test_top1"] for r in m["history"][-3:]]))
+                            if len(m["history"]) >= 3 and all("test_top1" in r for r in m["history"][-3:])
+                            else None for _, m in runs],
             "last_mean_std": mean_std(last), "best_mean_std": mean_std(best),
             "teacher": os.path.basename(os.path.dirname(first["teacher"])) if "teacher" in first else None,
             "teacher_test_top1": first.get("teacher_test_top1"),
@@ -217,7 +228,7 @@ def table(header, rows):
 def mean_of(groups, settings):
     """A group whose value per seed is the mean of `settings`' values, over the seeds they all have."""
     values = [dict(zip(groups[s]["seeds"], groups[s]["last"])) for s in settings if s in groups]
-    seeds = sorted(set.intersection(*(set(v) for v in values))) if len(values) == len(settings) else []
+    seeds = sorted(set.intersection(*(set(v) for v in values))) if values and len(values) == len(settings) else []
     return {"seeds": seeds, "last": [float(np.mean([v[s] for v in values])) for s in seeds]}
 
 
@@ -297,13 +308,18 @@ def rule_table(rules):
         if rule is None:
             rows.append([label, "not yet (needs complete KD arms of both kinds)", "", "", "", ""])
             continue
-        p = (f"U {test['u']:g} of {test['u_max']}, "
-             + (f"one-sided p = {test['p_one_sided']:.3f}" if "p_one_sided" in test
-                else f"two-sided p = {test['p_two_sided']:.3f}"))
+        if test is None:
+            p = ""
+        elif "t" in test:
+            p = f"paired by seed: t = {test['t']:.2f}, two-sided p = {test['p_two_sided']:.3f}"
+        else:
+            p = (f"U {test['u']:g} of {test['u_max']}, "
+                 + (f"one-sided p = {test['p_one_sided']:.3f}" if "p_one_sided" in test
+                    else f"two-sided p = {test['p_two_sided']:.3f}"))
         rows.append([label, f"{len(rule['first'])} against {len(rule['second'])}", f"{rule['difference']:+.2f}",
                      f"{rule['spread']:.2f}", "yes" if rule["counts"] else "no", p])
     return table(["comparison (KD means per teacher)", "teachers", "D (points)", "seeds' spread s",
-                  "counts (abs(D) > s)", "secondary: exact Mann-Whitney"], rows)
+                  "counts (abs(D) > s)", "secondary test"], rows)
 
 
 def teacher_table(rows, kind):
@@ -374,7 +390,8 @@ def figure(rows, groups, path):
             ax.set_ylim(low - pad, high + pad)
     ax = axes[3]
     # the KD arm of each teacher (plain KD only)
-    kd_of = {teacher: s for s, (_, teacher) in SETTINGS.items() if teacher and s.startswith(("kd_ce", "kd_icc"))}
+    kd_of = {teacher: s for s, (_, teacher) in SETTINGS.items()
+             if teacher and s.startswith(("kd_ce", "kd_icc")) and s not in LONG}
 
     def kd(r):
         g = groups.get(kd_of.get(r["name"]))
@@ -419,7 +436,8 @@ def main(argv):
     collect(FLAGS.runs, FLAGS.results_dir)
     rows, groups = teachers(FLAGS.results_dir), students(FLAGS.results_dir)
     # the fine-tuned study's arms against KD from its CE teacher (the from-scratch arms are another protocol)
-    fine_tuned = [s for s in SETTINGS if not s.startswith(("kd_scratch", "kd_twoview"))]  # part 2 has its own
+    # parts 2 and 3 have their own tables
+    fine_tuned = [s for s in SETTINGS if not s.startswith(("kd_scratch", "kd_twoview")) and s not in LONG]
     comparisons = paired({k: v for k, v in groups.items() if k in fine_tuned})
     # the from-scratch control: in each pair, KD from its ICC teacher against KD from its CE teacher, by seed
     scratch = {icc: v for ce_, icc in SCRATCH_PAIRS for k, v in paired(groups, ce_).items() if k == icc}
@@ -432,7 +450,7 @@ def main(argv):
                 and set(groups["kd_ce"]["seeds"]) <= set(groups[setting]["seeds"]))
 
     ce = [s for s in CE_KD if complete(s)]
-    icc = [s for s in SETTINGS if s.startswith("kd_icc")] + ["rkd_icc"]
+    icc = [s for s in SETTINGS if s.startswith("kd_icc") and s not in LONG] + ["rkd_icc"]
     ce_all = {k: v for k, v in paired({**groups, "kd_ce_all": mean_of(groups, ce)}, "kd_ce_all").items() if k in icc}
     icc_done = [s for s in ICC_KD if complete(s)]
     level = teacher_level(groups, ce, icc_done)
@@ -454,6 +472,14 @@ def main(argv):
         "twoview_ce_vs_one_view_ce": (spread_rule(groups, twoview, ce),
                                       two_sided_rank_test([kd_mean[k] for k in twoview], [kd_mean[k] for k in ce])
                                       if twoview and ce else None)}
+    # part 3: the chosen pair of teachers with 15-epoch students, next to the same pair with 3-epoch students
+    def pair_rule(icc_arm, ce_arm):
+        done = [k for k in (icc_arm, ce_arm) if k in groups and len(groups[k]["seeds"]) >= 2]
+        rule = spread_rule(groups, [icc_arm], [ce_arm]) if len(done) == 2 else None
+        return rule, paired(groups, ce_arm).get(icc_arm) if rule else None
+
+    long_rules = {"long": pair_rule("kd_icc0.05_long", "kd_twoview_ce_long"),
+                  "short": pair_rule("kd_icc0.05", "kd_twoview_ce")}
     labels = {"icc_vs_twoview_ce": "(a) ICC against two-view CE (the intra-class term alone)",
               "icc_vs_one_view_ce": "(b) ICC against one-view CE (the first design's comparison)",
               "twoview_ce_vs_one_view_ce": "(c) two-view CE against one-view CE (the two views alone)"}
@@ -486,6 +512,14 @@ def main(argv):
               "- that mean, same seed):" if twoview_all else "Paired against the two-view CE teachers: not yet (needs "
               "a complete two-view CE arm).", "",
               *([paired_table(twoview_all, ICC_KD, twoview_holm), ""] if twoview_all else []),
+              "### Part 3: students of 15 epochs (KD from the ICC teacher chosen before the runs, lambda 0.05 with "
+              "fine-tuning seed 0, against its two-view CE control, fine-tuning seed 0; the student alone)", "",
+              student_table(groups, LONG), "",
+              "Flatness of the end of each curve (max - min of test top-1 over the last three epochs, per seed): " + (
+                  "; ".join(f"{SETTINGS[k][0]}: " + ", ".join(fmt(v) for v in groups[k]["last3_range"])
+                            for k in LONG if k in groups) or "not yet.") + "", "",
+              rule_table([("(d) 15 epochs: the chosen ICC teacher against its two-view CE control", *long_rules["long"]),
+                          ("(e) the same two teachers, 3-epoch students (part 2)", *long_rules["short"])]), "",
               "### KD + RKD: from the best ICC teacher against from the CE teacher (paired by seed; difference "
               "= Ours+RKD - KD + RKD from the CE teacher)", "",
               paired_table(rkd, ["rkd_icc"]) if rkd else "Not yet (needs both arms with two seeds in common).", "",
@@ -514,6 +548,7 @@ def main(argv):
                        "holm_against_mean_of_ce_teachers": ce_all_holm, "twoview_ce_teachers_in_mean": twoview,
                        "paired_against_mean_of_twoview_ce_teachers": twoview_all, "holm_against_twoview": twoview_holm,
                        "rule": {k: {"rule": r, "rank_test": t} for k, (r, t) in rules.items()},
+                       "long_students_rule": {k: {"rule": r, "paired": t} for k, (r, t) in long_rules.items()},
                        "paired_scratch_icc_against_scratch_ce": scratch},
                       FLAGS.summary)
     print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))

@@ -227,3 +227,33 @@ def test_two_sided_rank_test_is_symmetric():
     low, high = [1.0, 2.0], [3.0, 4.0, 5.0]
     assert converged_report.two_sided_rank_test(high, low)["p_two_sided"] == pytest.approx(0.2)
     assert converged_report.two_sided_rank_test(low, high)["p_two_sided"] == pytest.approx(0.2)
+
+
+def test_report_part3_long_students(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    write(str(runs / "ft_teacher_lambda0" / "metrics.json"), teacher_metrics(87.0, 0, 0.6))
+    write_students(runs, [("kd_icc0.05", "ft_teacher_lambda0.05", [71.0, 71.5, 72.0]),
+                          ("kd_twoview_ce", "twoview_teacher_lambda0", [71.0, 71.0, 71.5])])
+    for setting, teacher, values in [("kd_icc0.05_long", "ft_teacher_lambda0.05", [72.0, 73.0, 74.0]),
+                                     ("kd_twoview_ce_long", "twoview_teacher_lambda0", [71.0, 71.5, 72.0])]:
+        for seed, value in enumerate(values):
+            m = student_metrics(value, teacher)
+            m["history"] = [{"test_top1": value - 3.0}, {"test_top1": value - 1.0}, {"test_top1": value - 0.2},
+                            {"test_top1": value}]
+            write(str(runs / "students" / f"{setting}_seed{seed}" / "metrics.json"), m)
+    text, numbers = run_report(tmp_path, runs, results)
+    part3 = text.split("### Part 3")[1].split("### KD + RKD")[0]
+    assert "| KD for 15 epochs from ICC lambda 0.05 (the teacher chosen for part 3) | ft_teacher_lambda0.05 (87.00) | " \
+           "0,1,2 | 73.00 +- 1.00 |" in part3
+    # last three epochs: value - 1.0, value - 0.2, value: a range of 1.00 for every seed
+    assert "KD for 15 epochs from ICC lambda 0.05 (the teacher chosen for part 3): 1.00, 1.00, 1.00" in part3
+    # (d): D = 73.00 - 71.50 = +1.50, s = (1.00 + 0.50) / 2 = 0.75: counts; by seed +1.0, +1.5, +2.0: t = 5.20,
+    # p = 1 - t / sqrt(t^2 + 2) = 0.035
+    assert "| (d) 15 epochs: the chosen ICC teacher against its two-view CE control | 1 against 1 | +1.50 | 0.75 | " \
+           "yes | paired by seed: t = 5.20, two-sided p = 0.035 |" in part3
+    # (e): D = 71.50 - 71.17 = +0.33, s = (0.50 + 0.29) / 2 = 0.39: does not count
+    assert "| (e) the same two teachers, 3-epoch students (part 2) | 1 against 1 | +0.33 | 0.39 | no |" in part3
+    assert numbers["long_students_rule"]["long"]["rule"]["counts"] is True
+    # the long arms stay out of part 1's tables and tests
+    assert "15 epochs" not in text.split("### Part 3")[0]
+    assert "kd_icc0.05_long" not in numbers["paired_against_mean_of_ce_teachers"]
