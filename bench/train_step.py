@@ -120,7 +120,7 @@ def keras_model_and_data(case):
     objectives, ce_weight = OBJECTIVES[step]
     student = backbones.get(case["student"], num_classes=NUM_CLASSES)
     teacher = backbones.get(case["teacher"], num_classes=NUM_CLASSES)
-    model = Distiller(student, teacher, objectives, ce_weight=ce_weight, num_train=NUM_TRAIN)
+    model = Distiller(teacher, student, objectives, ce_weight=ce_weight, num_train=NUM_TRAIN)
     options = model.data_options()
     inputs = {"image": x}
     if options.get("with_index"):

@@ -38,7 +38,7 @@ def trained_teacher(task):
 
 def make(teacher, spec="kd:0.9", ce_weight=0.1, student="resnet8", num_train=None):
     keras.utils.set_random_seed(0)
-    distiller = Distiller(backbones.get(student, num_classes=CLASSES, input_shape=SHAPE), teacher, spec,
+    distiller = Distiller(teacher, backbones.get(student, num_classes=CLASSES, input_shape=SHAPE), spec,
                           ce_weight=ce_weight, num_train=num_train)
     distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return distiller
@@ -164,12 +164,12 @@ def test_parse_defaults_weight_one():
 def test_mismatched_or_foreign_teachers_are_refused(tmp_path):
     student = backbones.get("resnet8", num_classes=CLASSES, input_shape=SHAPE)
     with pytest.raises(ValueError, match="teacher has 7 classes but the student has 4"):
-        Distiller(student, backbones.get("resnet8", num_classes=7, input_shape=SHAPE))
+        Distiller(backbones.get("resnet8", num_classes=7, input_shape=SHAPE), student)
     with pytest.raises(ValueError, match="input shape"):
-        Distiller(student, backbones.get("resnet8", num_classes=CLASSES, input_shape=(32, 32, 3)))
+        Distiller(backbones.get("resnet8", num_classes=CLASSES, input_shape=(32, 32, 3)), student)
     with pytest.raises(ValueError, match="teacher must be a keras_icckd backbone"):
-        Distiller(student, keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(),
-                                             keras.layers.Dense(CLASSES)]))
+        Distiller(keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(CLASSES)]),
+                  student)
     with pytest.raises(ValueError, match="does not exist"):
         load_teacher(str(tmp_path / "missing.keras"))
     junk = tmp_path / "junk.keras"
@@ -184,8 +184,8 @@ def test_mismatched_or_foreign_teachers_are_refused(tmp_path):
 
 def test_at_refuses_mismatched_stages():
     with pytest.raises(ValueError, match="AT needs feat1"):
-        Distiller(backbones.get("vgg8", num_classes=CLASSES), backbones.get("resnet8", num_classes=CLASSES),
-                  "at:1000")
+        Distiller(backbones.get("resnet8", num_classes=CLASSES), backbones.get("vgg8", num_classes=CLASSES),
+                  "at:1000", allow_smaller_teacher=True)
 
 
 def test_doctest_examples():
@@ -211,8 +211,8 @@ def test_parse_constructor_options():
 def test_heterogeneous_pairs(teacher_name, student_name):
     """The logit-, embedding- and last-map-based objectives run on the literature's heterogeneous pairs."""
     keras.utils.set_random_seed(0)
-    distiller = Distiller(backbones.get(student_name, num_classes=CLASSES),
-                          backbones.get(teacher_name, num_classes=CLASSES),
+    distiller = Distiller(backbones.get(teacher_name, num_classes=CLASSES),
+                          backbones.get(student_name, num_classes=CLASSES),
                           "kd:0.9,dkd:1,rkd:1,crd:0.8,dcd:1,pckd:1,msdcrd:1", num_train=32)
     rng = np.random.default_rng(0)
     x = {"image": rng.normal(size=(4, 32, 32, 3)).astype("float32"),
@@ -221,3 +221,62 @@ def test_heterogeneous_pairs(teacher_name, student_name):
     y = np.array([0, 1, 2, 3])
     loss = distiller.compute_loss(x, y, distiller(x, training=True), training=True)
     assert np.isfinite(to_numpy(loss))
+
+
+def test_keras_argument_order_and_the_old_order_is_refused(trained_teacher, tmp_path):
+    """Distiller(teacher, student, distillation_losses, distillation_loss_weights, student_loss_weight), as
+    keras.distillation.Distiller; two networks in the old order (student, teacher) do not train silently."""
+    keras.utils.set_random_seed(0)
+    small = backbones.get("resnet8", num_classes=CLASSES, input_shape=SHAPE)
+    big = trained_teacher.backbone  # resnet14
+    with pytest.raises(ValueError, match=r"the teacher \(resnet8, [\d,]+ parameters\) is smaller than the student "
+                                         r"\(resnet14, .*Distiller takes \(teacher, student, \.\.\.\).*"
+                                         r"allow_smaller_teacher=True"):
+        Distiller(small, big)
+    assert Distiller(small, big, allow_smaller_teacher=True).teacher is small
+    path = str(tmp_path / "teacher.keras")
+    big.save(path)
+    with pytest.raises(ValueError, match=r"the student is a file path .*a teacher's file goes first"):
+        Distiller(small, path)
+    with pytest.raises(ValueError, match="the student is a ContrastiveTeacher"):
+        Distiller(small, trained_teacher)
+    assert Distiller(path, small).teacher.name == "resnet14"
+    # Keras' names and its convex weighting: s * CE + (1 - s) * sum_i w_i L_i
+    keras_style = Distiller(teacher=big, student=small, distillation_losses="kd", student_loss_weight=0.25)
+    assert keras_style.ce_weight == 0.25 and keras_style.weighted_objectives == {"kd": 0.75}
+    ours = Distiller(big, small, objectives="kd:0.75", ce_weight=0.25)
+    x, y = np.random.default_rng(0).normal(size=(4,) + SHAPE).astype("float32"), np.array([0, 1, 2, 3])
+    np.testing.assert_allclose(to_numpy(keras_style.compute_loss(x, y, keras_style(x), training=False)),
+                               to_numpy(ours.compute_loss(x, y, ours(x), training=False)), rtol=1e-6)
+    replaced = Distiller(big, small, "kd:0.9,rkd:1", [0.5, 2.0])
+    assert replaced.weighted_objectives == {"kd": 0.5, "rkd": 2.0} and replaced.ce_weight == 0.1
+    for kwargs, message in (({"student_loss_weight": 0.5, "ce_weight": 0.1}, "not both"),
+                            ({"student_loss_weight": 1.5}, r"student_loss_weight=1.5: expected a number in \[0, 1\]"),
+                            ({"distillation_loss_weights": [1.0, 2.0]}, "2 weights for 1 objectives"),
+                            ({"distillation_losses": "kd", "objectives": "kd"}, "give the objectives once")):
+        with pytest.raises(ValueError, match=message):
+            Distiller(big, small, **kwargs)
+
+
+def test_predict_gives_the_students_logits(trained_teacher):
+    distiller = make(trained_teacher)
+    x = np.random.default_rng(1).normal(size=(6,) + SHAPE).astype("float32")
+    np.testing.assert_allclose(distiller.predict(x, batch_size=3, verbose=0),
+                               to_numpy(distiller.student(x)["logits"]), atol=1e-5)
+
+
+def test_epoch_from_the_step_count_or_set_by_hand(trained_teacher):
+    """Outside fit, DKD's warm-up reads the epoch from the optimizer (steps_per_epoch) or from set_epoch."""
+    keras.utils.set_random_seed(0)
+    student = backbones.get("resnet8", num_classes=CLASSES, input_shape=SHAPE)
+    counted = Distiller(trained_teacher, student, "dkd(warmup_epochs=4):1", steps_per_epoch=2)
+    counted.compile(optimizer=keras.optimizers.SGD(0.01))
+    rng = np.random.default_rng(2)
+    for _ in range(3):  # train_on_batch: no fit, no EpochCounter
+        counted.train_on_batch(rng.normal(size=(4,) + SHAPE).astype("float32"), np.array([0, 1, 2, 3]))
+    assert float(to_numpy(counted.current_epoch())) == 2.0  # 3 steps of 2 per epoch: in epoch 2
+    by_hand = make(trained_teacher, "dkd(warmup_epochs=4):1")
+    by_hand.set_epoch(3)
+    assert float(to_numpy(by_hand.current_epoch())) == 3.0
+    with pytest.raises(ValueError, match="steps_per_epoch=0"):
+        Distiller(trained_teacher, student, "kd:1", steps_per_epoch=0)

@@ -41,7 +41,7 @@ def test_teacher_and_distiller_train_in_mixed_precision(policy):
     logs = fit(teacher, views=2)
     assert all(np.isfinite(v) for v in logs.values()), logs
     assert logs["intra"] > 0 and teacher.cache.features.dtype == "float32"
-    distiller = Distiller(backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3)), net,
+    distiller = Distiller(net, backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3)),
                           "kd:0.9,rkd:1,crd:0.8,dcd:1,at:1000,fitnet:100", num_train=len(SPLITS.train_labels))
     distiller.compile(optimizer=training.TorchSGD(0.05))
     before = [keras.ops.convert_to_numpy(v).copy() for v in distiller.student.trainable_variables]

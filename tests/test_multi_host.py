@@ -34,7 +34,7 @@ RUN = [sys.executable, os.path.join(REPO_ROOT, "experiments", "run.py")]
 FLAGS = ["--mode=student", "--student_arch=resnet8", "--objectives=kd:0.9,crd:0.8,dcd:1", "--dataset=synthetic",
          "--synthetic_classes=3", "--synthetic_train_per_class=8", "--synthetic_test_per_class=4", "--batch_size=8",
          "--epochs=3", "--lr=0.01", "--lr_decay_epochs=2", "--diagnostic_examples=0", "--notensorboard"]
-OUTPUTS = ["checkpoint.npz", "curves.png", "metrics.json", "model.keras"]
+OUTPUTS = ["checkpoint.npz", "curves.png", "log.csv", "metrics.json", "model.keras"]
 # The ICC teacher with its cache (every anchor past the margin): 24 training images in 6 steps per
 # epoch (several seconds between two checkpoints of a two-process run, time to kill it). At lr 0.01:
 # float rounding (summation order, BatchNorm's moments over two replicas) grows with every step at a

@@ -108,7 +108,7 @@ def test_distiller_decays_student_and_heads_never_the_teacher():
 
     keras.utils.set_random_seed(0)
     teacher = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
-    distiller = Distiller(backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3)), teacher,
+    distiller = Distiller(teacher, backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3)),
                           "kd:0.9,crd:0.8,dcd:1", num_train=16)
     distiller.compile(optimizer=training.TorchSGD(1.0, momentum=0.0, weight_decay=0.5))
     trainable = distiller.trainable_variables

@@ -259,8 +259,8 @@ SHAPE, CLASSES = (8, 8, 3), 3
 
 def pckd_distiller(spec="pckd:1", ce_weight=1.0):
     keras.utils.set_random_seed(0)
-    return Distiller(backbones.get("resnet8", num_classes=CLASSES, input_shape=SHAPE),
-                     backbones.get("resnet14", num_classes=CLASSES, input_shape=SHAPE), spec, ce_weight=ce_weight)
+    return Distiller(backbones.get("resnet14", num_classes=CLASSES, input_shape=SHAPE),
+                     backbones.get("resnet8", num_classes=CLASSES, input_shape=SHAPE), spec, ce_weight=ce_weight)
 
 
 def test_distiller_runs_each_network_once_on_the_four_views():

@@ -1,5 +1,6 @@
 """Resumable runs: checkpoints, exact continuation, seeds, and the stop on non-finite losses."""
 
+import csv
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ def build(kind, seed=0):
         keras.utils.set_random_seed(1000 + seed)
         teacher = backbones.get("resnet8", num_classes=3, input_shape=(16, 16, 3))
         keras.utils.set_random_seed(seed)
-        model = Distiller(net, teacher, "kd:0.9,crd:0.8,dcd:1", num_train=len(SPLITS.train_labels))
+        model = Distiller(teacher, net, "kd:0.9,crd:0.8,dcd:1", num_train=len(SPLITS.train_labels))
         options, views = model.data_options(), 1
     schedule = training.epoch_step_decay(0.05, STEPS, decay_epochs=[2], warmup_epochs=1)
     model.compile(optimizer=training.TorchSGD(schedule, momentum=0.9, weight_decay=5e-4))
@@ -152,6 +153,11 @@ def test_cli_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert [r["epoch"] for r in b["history"]] == [1, 2, 3]
     np.testing.assert_allclose([r["loss"] for r in b["history"]], [r["loss"] for r in a["history"]], rtol=1e-5)
     assert b["test_top1"] == pytest.approx(a["test_top1"])
+    # the CSV log continues where the checkpoint left off: each epoch once (the resumed run's kill came
+    # after the checkpoint of `epoch`, whose row the log may or may not have got before the kill)
+    with open(os.path.join(killed, "log.csv")) as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs in ([0, 1, 2], [e for e in (0, 1, 2) if e != epoch - 1]), epochs
     wa, wb = (keras.saving.load_model(os.path.join(d, "model.keras")).get_weights() for d in (straight, killed))
     for x, y in zip(wa, wb):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """experiments/run.py end to end (subprocess, synthetic data) and its flag validation."""
 
+import csv
 import json
 import os
 import re
@@ -36,7 +37,7 @@ def test_teacher_run_writes_model_metrics_and_curves(teacher_run):
     out, result = teacher_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"model:   {out}/model.keras" in result.stdout
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.json", "model.keras",
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "log.csv", "metrics.json", "model.keras",
                                        "tensorboard"]
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["backend"] == keras.backend.backend()
@@ -51,6 +52,10 @@ def test_teacher_run_writes_model_metrics_and_curves(teacher_run):
     assert metrics["code"]["version"] == keras_icckd.__version__ and "commit" in metrics["code"]
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
     assert model.backbone.output["logits"].shape[-1] == 3
+    with open(os.path.join(out, "log.csv")) as f:  # Keras' CSVLogger: a header, one row per epoch
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and {"loss", "ce", "intra", "val_loss"} <= set(rows[0])
+    np.testing.assert_allclose([float(r["loss"]) for r in rows], [r["loss"] for r in metrics["history"]], rtol=1e-5)
 
 
 def test_views_are_set_independently_of_lambda(tmp_path):

@@ -248,8 +248,8 @@ SHAPE = (8, 8, 3)
 @pytest.fixture(scope="module")
 def distiller():
     keras.utils.set_random_seed(3)
-    return Distiller(backbones.get("resnet8", num_classes=C, input_shape=SHAPE),
-                     backbones.get("wrn_16_1", num_classes=C, input_shape=SHAPE),
+    return Distiller(backbones.get("wrn_16_1", num_classes=C, input_shape=SHAPE),
+                     backbones.get("resnet8", num_classes=C, input_shape=SHAPE),
                      [("kd", 0.7), (objectives.RKD(distance_weight=2.0, angle_weight=3.0, name="rkd"), 0.25),
                       (objectives.AT(p=2, name="at"), 40.0)], ce_weight=0.35)
 

@@ -93,7 +93,8 @@ def test_distils_with_kd_and_a_feature_objective(models):
     student = models["mobile_backbone"]
     # AT compares maps of equal spatial size: the student's feat1 (8 x 8) and the user model's second stage.
     teacher = backbones.wrap(models["user"], features={"feat1": "conv2"}, name="user_teacher")
-    distiller = Distiller(student, teacher, [("kd", 0.9), (AT(stages=(1,), name="at"), 1000.0)], ce_weight=0.1)
+    distiller = Distiller(teacher, student, [("kd", 0.9), (AT(stages=(1,), name="at"), 1000.0)], ce_weight=0.1,
+                          allow_smaller_teacher=True)  # a small user network teaches a mobilenet
     distiller.compile(optimizer=keras.optimizers.SGD(0.01))
     before = [keras.ops.convert_to_numpy(w).copy() for w in student.trainable_weights[:3]]
     teacher_before = keras.ops.convert_to_numpy(teacher.weights[0]).copy()
@@ -112,11 +113,11 @@ def test_a_missing_tap_is_refused_by_name(models, objective, missing):
     student = backbones.wrap(keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="gap")(x)))
     assert sorted(student.output) == ["logits"]
     with pytest.raises(ValueError) as error:
-        Distiller(student, teacher, objective, num_train=8)
+        Distiller(teacher, student, objective, num_train=8)
     message = str(error.value)
     assert f"needs the output {missing!r} of the student" in message
     assert "it has: logits" in message and f"features={{{missing!r}: '<layer name>'}}" in message
-    Distiller(student, teacher, "kd:0.9,dkd:1")  # the logit objectives need nothing more
+    Distiller(teacher, student, "kd:0.9,dkd:1")  # the logit objectives need nothing more
 
 
 def test_a_wrapped_model_can_be_an_icc_teacher(models):

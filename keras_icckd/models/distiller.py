@@ -1,5 +1,7 @@
 """The Distiller: a student trained against a frozen teacher with weighted objectives."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -38,41 +40,91 @@ class EpochCounter(keras.callbacks.Callback):
 
 @keras.saving.register_keras_serializable(package="keras_icckd")
 class Distiller(replicas.MultiWorkerFixes, keras.Model):
-    """Trains a student from a frozen teacher with `ce_weight * CE + sum_i w_i * objective_i`.
+    """Trains a student from a frozen teacher: `ce_weight * CE + sum_i w_i * objective_i`.
 
-    The teacher (a backbone, a `ContrastiveTeacher`, or the path of a `.keras` file) runs in
-    inference mode under stop-gradient, is not trainable, and so is never in the optimizer or
-    weight-decayed. The student and the teacher each run once per step; objectives get both
-    output dicts. Training lives in `compute_loss`, shared by the TensorFlow and JAX trainers.
-    Progress-bar metrics: loss, ce, one "<objective>_loss" per objective, accuracy and
-    agreement (fraction of images where student and teacher predict the same class).
-    `distiller.student` is the plain student backbone: save it alone for deployment.
+    The arguments follow `keras.distillation.Distiller`: the teacher first, then the student,
+    then the distillation losses. The teacher (a backbone, a `ContrastiveTeacher`, or the path
+    of a `.keras` file) runs in inference mode under stop-gradient, is not trainable, and so is
+    never in the optimizer or weight-decayed. The student and the teacher each run once per
+    step; objectives get both output dicts. Training lives in `compute_loss`, shared by the
+    TensorFlow and JAX trainers. Progress-bar metrics: loss, ce, one "<objective>_loss" per
+    objective, accuracy and agreement (fraction of images where student and teacher predict the
+    same class). `predict` returns the student's logits; `distiller.student` is the plain student
+    backbone: save it alone for deployment.
+
+    Two networks passed in the order of earlier versions of this class, `(student, teacher)`, are
+    refused rather than trained the wrong way round: a student given as a file path or as a
+    `ContrastiveTeacher`, or a teacher with fewer parameters than the student (pass
+    `allow_smaller_teacher=True` when that is intended).
 
     Args:
-        student: the student backbone.
         teacher: the teacher (see above).
-        objectives: "kd:0.9,rkd:1", or a list of (name or `Objective`, weight) pairs.
-        ce_weight: weight of the student's cross-entropy. Default 0.1 (with KD at 0.9).
+        student: the student backbone.
+        distillation_losses: the objectives: "kd:0.9,rkd:1", or a list of (name or `Objective`,
+            weight) pairs, or of names / `Objective`s (weight 1). Also accepted as `objectives=`.
+        distillation_loss_weights: one weight per objective, replacing the weights given with them.
+        student_loss_weight: Keras' convex weighting, in [0, 1]: the loss is then
+            `s * CE + (1 - s) * sum_i w_i * objective_i`. Give it or `ce_weight`, not both.
+        ce_weight: this project's weighting, as the published recipes state it (>= 0):
+            `ce_weight * CE + sum_i w_i * objective_i` (e.g. CRD's CE 1 + CRD 0.8). Default 0.1
+            (with KD at 0.9), used when neither weight is given.
         num_train: number of training samples, handed to every objective's `setup` (CRD sizes
             its memory banks by it). Default None (unknown; objectives that need it refuse).
+        steps_per_epoch: when given, epoch-dependent objectives (DKD's warm-up, PCKD's schedule)
+            read the epoch from the optimizer's step count, `iterations // steps_per_epoch + 1`,
+            in any training loop; otherwise from `distiller.epoch`, which `fit` advances (an
+            `EpochCounter`) and a custom loop sets with `distiller.set_epoch(n)`.
+        allow_smaller_teacher: accept a teacher with fewer parameters than the student.
 
     `distiller.data_options()` gives the arguments of `data.make_train_dataset` that supply the
-    extra inputs the objectives require (sample indices, CRD's negatives).
+    extra inputs the objectives require (sample indices, CRD's negatives); a training batch that
+    lacks them is refused.
 
     Example:
 
     >>> from keras_icckd import backbones
     >>> teacher = backbones.get("resnet14", num_classes=10)
-    >>> distiller = Distiller(backbones.get("resnet8", num_classes=10), teacher, "kd:0.9")
+    >>> distiller = Distiller(teacher, backbones.get("resnet8", num_classes=10), "kd:0.9")
     >>> distiller.compile(optimizer="sgd")
     >>> sorted(distiller.weighted_objectives)
     ['kd']
     """
 
-    def __init__(self, student, teacher, objectives="kd:0.9", ce_weight=0.1, num_train=None, **kwargs):
+    def __init__(self, teacher, student, distillation_losses=None, distillation_loss_weights=None,
+                 student_loss_weight=None, *, objectives=None, ce_weight=None, num_train=None,
+                 steps_per_epoch=None, allow_smaller_teacher=False, **kwargs):
         super().__init__(**kwargs)
+        if distillation_losses is not None and objectives is not None:
+            raise ValueError("give the objectives once: distillation_losses= or objectives=, not both")
+        objectives = distillation_losses if distillation_losses is not None else objectives
+        objectives = "kd:0.9" if objectives is None else objectives
+        if student_loss_weight is not None and ce_weight is not None:
+            raise ValueError("give one weight of the student's cross-entropy: student_loss_weight= (Keras' "
+                             "convex weighting) or ce_weight= (this project's), not both")
+        if student_loss_weight is not None and not (isinstance(student_loss_weight, (int, float))
+                                                    and 0.0 <= student_loss_weight <= 1.0):
+            raise ValueError(f"student_loss_weight={student_loss_weight!r}: expected a number in [0, 1]")
+        if isinstance(student, str):
+            raise ValueError(f"the student is a file path ({student!r}): Distiller takes (teacher, student, ...), "
+                             "as keras.distillation.Distiller does; a teacher's file goes first")
+        if hasattr(student, "project") and hasattr(student, "icc_lambda"):
+            raise ValueError("the student is a ContrastiveTeacher: Distiller takes (teacher, student, ...), as "
+                             "keras.distillation.Distiller does; the teacher goes first")
         self.student = _as_backbone(student, "student")
         self.teacher = _as_backbone(teacher, "teacher")
+        sizes = [sum(int(math.prod(w.shape)) for w in m.weights) for m in (self.teacher, self.student)]
+        if sizes[0] < sizes[1] and not allow_smaller_teacher:
+            raise ValueError(f"the teacher ({self.teacher.name}, {sizes[0]:,} parameters) is smaller than the student "
+                             f"({self.student.name}, {sizes[1]:,}): Distiller takes (teacher, student, ...), as "
+                             "keras.distillation.Distiller does; if they are in that order, pass "
+                             "allow_smaller_teacher=True")
+        self.allow_smaller_teacher = bool(allow_smaller_teacher)
+        self.student_loss_weight = None if student_loss_weight is None else float(student_loss_weight)
+        ce_weight = 0.1 if ce_weight is None and student_loss_weight is None else ce_weight
+        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or int(steps_per_epoch) != steps_per_epoch
+                                            or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch={steps_per_epoch!r}: expected a positive integer or None")
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         s_out, t_out = self.student.output, self.teacher.output
         if s_out["logits"].shape[-1] != t_out["logits"].shape[-1]:
             raise ValueError(f"teacher has {t_out['logits'].shape[-1]} classes but the student has "
@@ -80,16 +132,25 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         if tuple(self.student.input.shape[1:]) != tuple(self.teacher.input.shape[1:]):
             raise ValueError(f"teacher input shape {tuple(self.teacher.input.shape[1:])} differs from the "
                              f"student's {tuple(self.student.input.shape[1:])}")
-        if not ce_weight >= 0:
+        if ce_weight is not None and not ce_weight >= 0:
             raise ValueError(f"ce_weight={ce_weight!r}: expected >= 0")
         if num_train is not None and (isinstance(num_train, bool) or int(num_train) != num_train
                                       or num_train < 1):
             raise ValueError(f"num_train={num_train!r}: expected a positive integer or None")
         self.num_train = None if num_train is None else int(num_train)
         self.teacher.trainable = False
-        self.ce_weight = float(ce_weight)
+        # Keras' convex weighting is this project's with CE at s and every objective scaled by 1 - s
+        self.ce_weight = float(ce_weight) if ce_weight is not None else self.student_loss_weight
+        scale = 1.0 - self.student_loss_weight if self.student_loss_weight is not None else 1.0
         if isinstance(objectives, str):
             objectives = objective_zoo.parse(objectives)
+        objectives = [item if isinstance(item, (tuple, list)) else (item, 1.0) for item in objectives]
+        if distillation_loss_weights is not None:
+            if len(distillation_loss_weights) != len(objectives):
+                raise ValueError(f"distillation_loss_weights has {len(distillation_loss_weights)} weights for "
+                                 f"{len(objectives)} objectives")
+            objectives = [(objective, w) for (objective, _), w in zip(objectives, distillation_loss_weights)]
+        objectives = [(objective, scale * float(w)) for objective, w in objectives]
         s_shapes = {k: tuple(v.shape) for k, v in s_out.items()}
         t_shapes = {k: tuple(v.shape) for k, v in t_out.items()}
         context = {"num_train": self.num_train, "num_classes": int(s_out["logits"].shape[-1])}
@@ -163,7 +224,7 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         s_logits = ops.cast(student["logits"], "float32")
         ce = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, s_logits, from_logits=True))
         total = self.ce_weight * ce
-        constants = {"epoch": self.epoch, "training": training}
+        constants = {"epoch": self.current_epoch(), "training": training}
         if "classifier" in self.requires:
             constants["student_classifier"] = (self.student.classifier.kernel, self.student.classifier.bias)
             constants["teacher_classifier"] = tuple(
@@ -190,6 +251,24 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         if self.losses:
             total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses]))
         return replicas.replica_share(total)
+
+    def current_epoch(self):
+        """The 1-based epoch that epoch-dependent objectives see: from the optimizer's step count when
+        `steps_per_epoch` was given, else `self.epoch` (set by `fit`, or by `set_epoch`)."""
+        if self.steps_per_epoch is None or getattr(self, "optimizer", None) is None:
+            return self.epoch
+        step = ops.cast(self.optimizer.iterations, "float32")
+        return ops.floor(step / float(self.steps_per_epoch)) + 1.0
+
+    def set_epoch(self, epoch):
+        """Sets the 1-based epoch that epoch-dependent objectives see (for a training loop of your own)."""
+        self.epoch.assign(float(epoch))
+
+    def predict_step(self, data):
+        """`predict` gives the student's logits (the model being trained), not both networks' outputs."""
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        images = x["image"] if isinstance(x, dict) else x
+        return self.student(images, training=False)["logits"]
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with an `EpochCounter` added so epoch-aware objectives see the epoch."""

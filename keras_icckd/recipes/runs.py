@@ -255,7 +255,7 @@ def check_teacher_run(config, splits):
                         "if the images are alike", config.teacher, name, path, splits.name)
 
 
-RUN_OUTPUTS = ("checkpoint.npz", "model.keras", "metrics.json", "curves.png")  # what a training run writes
+RUN_OUTPUTS = ("checkpoint.npz", "model.keras", "metrics.json", "curves.png", "log.csv")  # a training run's files
 
 
 def resume_point(config, path):
@@ -380,7 +380,7 @@ def build_student(config, splits, steps, teacher=None):
     check_teacher_run(config, splits)
     student = new_backbone(config, "student_arch", splits)
     try:
-        distiller = Distiller(student, teacher, config.objectives, ce_weight=config.ce_weight,
+        distiller = Distiller(teacher, student, config.objectives, ce_weight=config.ce_weight,
                               num_train=count(splits, "train"))
         data_options = distiller.data_options()
         for objective in distiller.objective_layers:
@@ -504,6 +504,9 @@ def _train(config, builder, factor, user_callbacks=()):
     elif config.tensorboard and writer:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"),
                                                      write_graph=False))
+    if writer:  # every epoch's logs in Keras' CSVLogger format, continued on resume
+        callbacks.append(keras.callbacks.CSVLogger(os.path.join(config.output_dir, "log.csv"),
+                                                   append=record is not None))
     if train_ds is not None:
         try:
             model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
@@ -512,6 +515,9 @@ def _train(config, builder, factor, user_callbacks=()):
         except training.NonFiniteLossError as e:
             last = f"{checkpoint_path} (after epoch {len(recorder.rows)})" if recorder.rows \
                 else "none (no epoch completed)"
+            log = os.path.join(config.output_dir, "log.csv")
+            if writer and not recorder.rows and os.path.exists(log):  # a log of no finished epoch
+                os.remove(log)
             raise TrainingStopped(f"training stopped: {e}. Last good checkpoint: {last}") from e
     rows = recorder.rows
     if several:  # process 0 writes alone: no more collective operations (a new variable would be one)
