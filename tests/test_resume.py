@@ -189,8 +189,12 @@ def test_random_sigkills_never_leave_a_file_that_loads_truncated(tmp_path):
         names = set(os.listdir(out)) if os.path.isdir(out) else set()
         # A kill mid-write may leave a hidden temp file (".checkpoint.npz.XXXX.npz"), never a
         # truncated file under a real name; the next start removes the temp files.
-        assert all(n.startswith(".") or n in ("checkpoint.npz", "metrics.json", "model.keras", "curves.png")
-                   for n in names), (f"seed {seed}, kill after {delay:.2f} s", names)
+        assert all(n.startswith(".") or n in ("checkpoint.npz", "metrics.json", "model.keras", "curves.png",
+                                              "log.csv") for n in names), (f"seed {seed}, kill after {delay:.2f} s", names)
+        if "log.csv" in names:  # appended a row per epoch: every row but one being written is whole
+            with open(os.path.join(out, "log.csv")) as f:
+                rows = list(csv.reader(f))
+            assert all(len(row) == len(rows[0]) for row in rows[1:-1]), rows
         if "checkpoint.npz" in names:
             epochs_seen.append(training.read_checkpoint(os.path.join(out, "checkpoint.npz"))[0]["epoch"])
         if "metrics.json" in names:

@@ -264,11 +264,12 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         """Sets the 1-based epoch that epoch-dependent objectives see (for a training loop of your own)."""
         self.epoch.assign(float(epoch))
 
-    def predict_step(self, data):
-        """`predict` gives the student's logits (the model being trained), not both networks' outputs."""
-        x = data[0] if isinstance(data, (tuple, list)) else data
-        images = x["image"] if isinstance(x, dict) else x
-        return self.student(images, training=False)["logits"]
+    def predict(self, x, *args, **kwargs):
+        """The student's logits (the model being trained), not both networks' outputs: `keras.Model.predict`
+        of the student's logits on images `x` (an array or a dataset of images)."""
+        # built per call and not kept: an attribute would add it to the Distiller's tracked layers
+        logits = keras.Model(self.student.input, self.student.output["logits"], name=f"{self.student.name}_logits")
+        return logits.predict(x["image"] if isinstance(x, dict) else x, *args, **kwargs)
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with an `EpochCounter` added so epoch-aware objectives see the epoch."""
