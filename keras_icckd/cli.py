@@ -100,7 +100,7 @@ def summary(outputs):
                          f"{100 * entry['top1_agreement']:8.2f} {entry['max_abs_diff']:9.2e} "
                          f"{entry['latency_ms']:7.3f}")
     labels = {"model": "model:  ", "metrics": "results:", "curves": "curves: ", "picture": "picture:",
-              "report": "report: "}
+              "report": "report:"}
     return lines + [f"{labels[k]} {os.path.abspath(v)}" for k, v in files.items()]
 
 
