@@ -94,9 +94,11 @@ def summary(outputs):
     else:  # export
         lines.append(f"Keras top-1 on {results['num_test']} {results['dataset']} test images: "
                      f"{results['keras_top1']:.2f}%")
-        lines.append(f"{'file':<22} {'KB':>8} {'top-1 %':>8} {'drop':>6} {'agree %':>8} {'max|dz|':>9} {'ms/img':>7}")
+        lines.append(f"{'file':<22} {'input':<7} {'KB':>8} {'top-1 %':>8} {'drop':>6} {'agree %':>8} {'max|dz|':>9} "
+                     f"{'ms/img':>7}")
         for entry in results["files"].values():
-            lines.append(f"{entry['file']:<22} {entry['size_kb']:8.1f} {entry['top1']:8.2f} {entry['top1_drop']:6.2f} "
+            lines.append(f"{entry['file']:<22} {entry['input']['dtype']:<7} {entry['size_kb']:8.1f} {entry['top1']:8.2f} "
+                         f"{entry['top1_drop']:6.2f} "
                          f"{100 * entry['top1_agreement']:8.2f} {entry['max_abs_diff']:9.2e} "
                          f"{entry['latency_ms']:7.3f}")
     labels = {"model": "model:  ", "metrics": "results:", "curves": "curves: ", "picture": "picture:",

@@ -1,4 +1,5 @@
-"""TFLite export: parity on real images, int8, fixed batches, JAX-trained models, bad input, CLI."""
+"""Export: every format verified in its runtime, TFLite parity on real images, int8, fixed batches,
+raw-pixel input, JAX-trained models, bad input, CLI."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO_ROOT, backend
-from keras_icckd import backbones, data, export
+from keras_icckd import backbones, data, deploy, export
 from keras_icckd.models import ContrastiveTeacher
 
 RUN = os.path.join(REPO_ROOT, "experiments", "run.py")
@@ -132,6 +133,84 @@ def test_a_model_trained_under_jax_exports(tmp_path):
     assert os.path.getsize(os.path.join(out, "model_float32.tflite")) > 0
 
 
+def test_every_format_with_uint8_input_is_verified_in_its_own_runtime(student, real, tmp_path):
+    splits = data.load("folder")
+    mean, std = data.normalization_for(splits)
+    normalization = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    out = str(tmp_path / "all")
+    report = export.export_model(student, out, formats=("keras", "saved_model", "onnx", "litert"),
+                                 input_format="uint8", test_images=real[2][:100], test_labels=real[3][:100],
+                                 representative_images=real[0][:100], normalization=normalization,
+                                 class_names=splits.class_names, latency_runs=2)
+    assert sorted(os.listdir(out)) == ["export.json", "model.keras", "model.onnx", "model_float16.tflite",
+                                       "model_float32.tflite", "model_int8.tflite", "saved_model"]
+    files = report["files"]
+    assert [files[k]["format"] for k in ("keras", "saved_model", "onnx", "float32")] == \
+        ["keras", "saved_model", "onnx", "litert"]
+    for name in ("keras", "saved_model", "onnx", "float32"):  # the float files, against the trained model
+        assert files[name]["max_abs_diff"] <= 1e-4 and files[name]["top1_agreement"] == 1.0, (name, files[name])
+        assert files[name]["input"] == {"format": "uint8", "dtype": "uint8", "expects": "pixels in [0, 255]"}
+        assert files[name]["latency_ms"] > 0 and files[name]["size_kb"] > 10
+    assert files["int8"]["input_dtype"] == "uint8" and files["int8"]["top1_agreement"] >= 0.8
+    assert report["input_format"] == "uint8" and report["normalization"] == normalization
+    for entry in files.values():  # every file carries the metadata
+        metadata = deploy.read_metadata(os.path.join(out, entry["file"]))
+        assert metadata["normalization"] == normalization and metadata["input_format"] == "uint8", entry["file"]
+        assert metadata["class_names"] == list(splits.class_names) and metadata["input_shape"] == [32, 32, 3]
+    # the int8 file takes raw camera pixels: its uint8 input tensor quantises [0, 255] as (scale 1, zero 0)
+    runner = export.TFLiteRunner(os.path.join(out, "model_int8.tflite"))
+    scale, zero = runner.input["quantization"]
+    pixels = export.to_pixels(real[2][:100], normalization)
+    if (scale, zero) == (1.0, 0):
+        runner.interpreter.resize_tensor_input(runner.input["index"], [100, 32, 32, 3])
+        runner.interpreter.allocate_tensors()
+        runner.interpreter.set_tensor(runner.input["index"], pixels.astype("uint8"))
+        runner.interpreter.invoke()
+        raw = runner.interpreter.get_tensor(runner.output["index"])
+        np.testing.assert_array_equal(np.argmax(raw, -1), np.argmax(runner(pixels), -1))
+    reference = export.keras_logits(student, real[2][:100])
+    assert np.mean(np.argmax(runner(pixels), -1) == np.argmax(reference, -1)) >= 0.8
+
+
+def test_pixel_formats_fold_the_normalisation_and_need_one(student, real, tmp_path):
+    out = str(tmp_path / "pixels")
+    with pytest.raises(export.ExportError, match="records none"):
+        export.export_model(student, out, formats=("keras",), input_format="pixels", test_images=real[2][:20],
+                            latency_runs=0)
+    assert not os.path.exists(out)  # refused before anything is written
+    mean, std = data.normalization_for(data.load("folder"))
+    report = export.export_model(student, out, formats=("keras", "litert"), quantizations=("float32",),
+                                 input_format="pixels", test_images=real[2][:20], latency_runs=0,
+                                 normalization={"mean": list(mean), "std": list(std)})
+    assert report["files"]["keras"]["input"]["dtype"] == "float32" and report["files"]["float32"]["max_abs_diff"] <= 1e-4
+    plain = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert plain.inputs[0].name == "pixels" and plain.layers[1].name == "normalize"
+
+
+def test_a_relative_output_dir_works_for_every_runtime(student, real, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the bare-Keras and TensorFlow children run elsewhere: paths made absolute
+    report = export.export_model(student, "relative/out", formats=("keras", "onnx"), test_images=real[2][:10],
+                                 latency_runs=0, normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert sorted(os.listdir(tmp_path / "relative" / "out")) == ["export.json", "model.keras", "model.onnx"]
+    assert report["files"]["keras"]["max_abs_diff"] <= 1e-4
+
+
+def test_a_float_file_of_any_format_that_breaks_parity_leaves_nothing(student, real, tmp_path):
+    # (the plain .keras file can equal the model exactly, the ONNX file cannot: one of them fails)
+    assert_refused(tmp_path, "(keras|onnx) parity broken", student, formats=("keras", "onnx"), test_images=real[2][:10],
+                   parity_tolerance=1e-12, normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+
+
+def test_a_missing_runtime_is_named_before_any_work(student, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    assert export.missing_runtimes(("keras", "onnx")) == ["onnxruntime"]
+    assert_refused(tmp_path, r"need \['onnxruntime'\].*keras_icckd\[export\]", student, formats=("onnx",))
+    assert_refused(tmp_path, "formats=", student, formats=("keras", "tflite"))
+
+
 # ---------------------------------------------------------------- bad input
 
 def assert_refused(tmp_path, message, model, **kwargs):
@@ -139,7 +218,7 @@ def assert_refused(tmp_path, message, model, **kwargs):
     arguments = dict(test_images=np.zeros((4, 32, 32, 3), "float32"), latency_runs=0)
     arguments.update(kwargs)
     with pytest.raises(export.ExportError, match=message):
-        export.export_tflite(model, str(out), **arguments)
+        export.export_model(model, str(out), **arguments)
     assert not out.exists() or not os.listdir(out), os.listdir(out)
 
 
@@ -209,3 +288,31 @@ def test_cli_export_and_its_errors(student, tmp_path):
         result = cli([*common, *args, f"--output_dir={bad_out}"])
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr[-2000:])
         assert not os.path.exists(bad_out) or not os.listdir(bad_out)
+
+
+def test_cli_exports_every_format_for_raw_pixels_and_evaluates_the_int8_file(tmp_path):
+    # A student trained by the CLI records its normalisation and class names: export and evaluate
+    # take them from the file, and the uint8 TFLite file is evaluated on raw pixels.
+    student = str(tmp_path / "student")
+    train = cli(["--mode=student", "--student_arch=resnet8", "--epochs=1", "--lr_decay_epochs=", "--notensorboard",
+                 "--max_train_examples=200", "--max_test_examples=100", "--batch_size=50", f"--output_dir={student}"])
+    assert train.returncode == 0, train.stderr[-3000:]
+    metadata = deploy.read_metadata(os.path.join(student, "model.keras"))
+    assert metadata["normalization"]["mean"][0] == pytest.approx(0.4914) and len(metadata["class_names"]) == 10
+    out = str(tmp_path / "export")
+    result = cli(["--mode=export", f"--model={student}/model.keras", "--max_train_examples=200",
+                  "--max_test_examples=100", "--representative_examples=50", "--export_formats=keras,saved_model,onnx,litert",
+                  "--export_input=uint8", "--export_quantizations=float32,int8", f"--output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("model.keras", "saved_model", "model.onnx", "model_float32.tflite", "model_int8.tflite"):
+        assert name in result.stdout and os.path.exists(os.path.join(out, name)), name
+    report = json.load(open(os.path.join(out, "export.json")))
+    assert report["class_names"] == metadata["class_names"] and report["input_format"] == "uint8"
+    evaluated = cli(["--mode=evaluate", f"--model={out}/model_int8.tflite", "--max_test_examples=100",
+                     "--diagnostic_examples=0", f"--output_dir={tmp_path / 'evaluate'}"])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    record = json.load(open(tmp_path / "evaluate" / "metrics.json"))
+    assert record["test_top1"] == pytest.approx(report["files"]["int8"]["top1"], abs=1e-6)
+    bad = cli(["--mode=export", f"--model={student}/model.keras", "--export_formats=keras,tflite",
+               f"--output_dir={tmp_path / 'bad'}"])
+    assert bad.returncode != 0 and "--export_formats=['keras', 'tflite'] is not allowed" in bad.stderr, bad.stderr[-2000:]

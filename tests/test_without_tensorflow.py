@@ -51,9 +51,18 @@ def test_tflite_export_is_refused_clearly(monkeypatch, tmp_path):
 
     student = backbones.get("resnet8", num_classes=3, input_shape=(8, 8, 3))
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` raises ImportError now
-    with pytest.raises(export.ExportError, match="TFLite export needs TensorFlow"):
+    with pytest.raises(export.ExportError, match=r"formats \['litert'\] need TensorFlow"):
         export.export_tflite(student, str(tmp_path / "out"), test_images=np.zeros((2, 8, 8, 3), "float32"))
     assert not os.path.exists(tmp_path / "out")
+    with pytest.raises(export.ExportError, match=r"formats \['saved_model', 'onnx'\] need TensorFlow"):
+        export.export_model(student, str(tmp_path / "out"), formats=("keras", "saved_model", "onnx"),
+                            test_images=np.zeros((2, 8, 8, 3), "float32"))
+    assert not os.path.exists(tmp_path / "out")
+    if backend() == "jax":  # the plain .keras file needs no TensorFlow: written and verified in bare Keras
+        report = export.export_model(student, str(tmp_path / "plain"), formats=("keras",), latency_runs=0,
+                                     test_images=np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32"))
+        assert report["files"]["keras"]["max_abs_diff"] <= 1e-4
+        assert sorted(os.listdir(tmp_path / "plain")) == ["export.json", "model.keras"]
 
 
 def test_teacher_student_and_resumed_runs_train_without_tensorflow(env, tmp_path):

@@ -2,7 +2,8 @@
 # The package as a user installs it: builds the wheel, installs it into fresh virtual environments
 # outside the checkout and runs the `keras-icckd` command from a temporary folder on the bundled data.
 #   - [tensorflow,export] (TensorFlow 2.21.0, versions pinned by requirements.txt): a teacher, a student
-#     distilled from it, the student exported to TFLite (verified) and evaluated (.keras and .tflite);
+#     distilled from it, the student exported to every format (plain .keras, SavedModel, ONNX, TFLite; each
+#     verified in its runtime) with uint8 input, and evaluated (.keras and the uint8 .tflite);
 #     `python -m keras_icckd` is the same command;
 #   - [jax] alone (TensorFlow must not be importable): a teacher and a student.
 # Prints one line per check and ends with "wheel smoke: N passed, N failed". Exit status 1 on a failure.
@@ -55,6 +56,7 @@ check tf-teacher "$tf/keras-icckd" --mode=teacher --arch=resnet8 --icc_lambda=0.
 check tf-student "$tf/keras-icckd" --mode=student --teacher=tf/teacher/model.keras --student_arch=resnet8 \
   "${small[@]}" --output_dir=tf/student
 check tf-export "$tf/keras-icckd" --mode=export --model=tf/student/model.keras --export_quantizations=float32,int8 \
+  --export_formats=keras,saved_model,onnx,litert --export_input=uint8 \
   --max_test_examples=100 --representative_examples=50 --output_dir=tf/export
 check tf-evaluate-keras "$tf/python" -m keras_icckd --mode=evaluate --model=tf/student/model.keras \
   --max_test_examples=100 --diagnostic_examples=50 --output_dir=tf/evaluate
@@ -63,7 +65,8 @@ check tf-evaluate-tflite "$tf/keras-icckd" --mode=evaluate --model=tf/export/mod
 check tf-outputs "$tf/python" -c "import json
 for run in ('teacher', 'student'):
     m = json.load(open(f'tf/{run}/metrics.json')); assert m['mode'] == run and 0 <= m['test_top1'] <= 100, m
-assert json.load(open('tf/export/export.json'))['files']['float32']['max_abs_diff'] <= 1e-4
+files = json.load(open('tf/export/export.json'))['files']
+assert all(files[k]['max_abs_diff'] <= 1e-4 for k in ('keras', 'saved_model', 'onnx', 'float32')), files
 assert json.load(open('tf/evaluate/metrics.json'))['num_test'] == 100"
 
 jx="$work/venv-jax/bin"

@@ -443,9 +443,28 @@ class Backbone(keras.Model):
         """The final Dense layer (kernel: (embedding_dim, num_classes))."""
         return self.get_layer("classifier")
 
+    @property
+    def metadata(self):
+        """What travels with the model (`keras_icckd.deploy.make_metadata`): the normalisation it is
+        fed, its class names, input shape and dataset; None until `set_metadata`. Saved in the config."""
+        return self._backbone_config.get("metadata")
+
+    def set_metadata(self, metadata):
+        """Records `metadata` (a dict as `keras_icckd.deploy.make_metadata` gives, or None)."""
+        from keras_icckd.deploy import check_metadata
+
+        metadata = check_metadata(metadata)
+        self._backbone_config = {k: v for k, v in self._backbone_config.items() if k != "metadata"}
+        if metadata:
+            self._backbone_config["metadata"] = metadata
+
     def get_config(self):
         return dict(self._backbone_config)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        return cls(**config)
+        config = dict(config)
+        metadata = config.pop("metadata", None)
+        model = cls(**config)
+        model.set_metadata(metadata)
+        return model

@@ -62,6 +62,12 @@ def validate(config):
         need(config.export_quantizations and set(config.export_quantizations) <= set(export.QUANTIZATIONS)
              and len(set(config.export_quantizations)) == len(config.export_quantizations),
              "export_quantizations", f"distinct names from {', '.join(export.QUANTIZATIONS)}")
+        need(config.export_formats and set(config.export_formats) <= set(export.FORMATS)
+             and len(set(config.export_formats)) == len(config.export_formats),
+             "export_formats", f"distinct names from {', '.join(export.FORMATS)}")
+        missing = export.missing_runtimes(config.export_formats)
+        need(not missing, "export_formats", f"formats whose runtimes are installed (missing here: {', '.join(missing)}; "
+             "pip install 'keras_icckd[export]')")
         need(config.export_batch_size >= 0, "export_batch_size", ">= 0 (0: dynamic)")
         need(config.representative_examples >= 1 or "int8" not in config.export_quantizations,
              "representative_examples", ">= 1 when int8 is exported")

@@ -243,6 +243,16 @@ class RunConfig:
     export_quantizations: list = _option(
         "--mode=export: TFLite files to write (float32, float16, int8).",
         default_factory=lambda: ['float32', 'float16', 'int8'])
+    export_formats: list = _option(
+        "--mode=export: formats to write, each verified in its own runtime: keras (model.keras, built-in Keras "
+        "layers only: loads without keras_icckd), saved_model (TF Serving), onnx (needs the [export] extra), "
+        "litert (the TFLite files of --export_quantizations).",
+        default_factory=lambda: ['litert'])
+    export_input: str = _option(
+        "--mode=export: what the exported files take: normalized ((pixels / 255 - mean) / std, as in "
+        "training), pixels (float pixels in [0, 255]) or uint8 (uint8 pixels; the int8 TFLite file then has a "
+        "uint8 input tensor): the pixel forms fold the normalisation into the graph.",
+        default='normalized', choices=('normalized', 'pixels', 'uint8'))
     export_int8_io: bool = _option(
         "--mode=export: int8 input/output tensors in the int8 file.",
         default=False)
@@ -273,7 +283,7 @@ class RunConfig:
                                          metadata={"internal": True})
 
     def __post_init__(self):
-        for name in ("lr_decay_epochs", "export_quantizations"):  # the flags' form: a list of strings
+        for name in ("lr_decay_epochs", "export_quantizations", "export_formats"):  # the flags' form: a list of strings
             value = getattr(self, name)
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]

@@ -173,15 +173,30 @@ def image_shape(splits):
     return tuple(splits.image_shape) if is_stream(splits) else tuple(splits.train_images.shape[1:])
 
 
-def eval_sample(config, splits, n, split="test"):
-    """(normalised float32 images, labels) of n class-balanced images of a split, in memory."""
-    if is_stream(splits) and splits.train_labels is None:  # TFDS: the first n, in stored (shuffled) order
-        return stream_head(splits, n, split)
-    if is_stream(splits):
-        return splits.subset(**{f"max_{split}": n}, seed=config.seed).eval_arrays(split)
-    sample = splits.subset(**{f"max_{split}": n}, seed=config.seed)
+def eval_sample(config, splits, n, split="test", normalization=None):
+    """(normalised float32 images, labels) of n class-balanced images of a split, in memory.
+
+    `normalization`: the (mean, std) to normalise with; default the dataset's."""
     mean, std = normalization_of(splits)
+    if is_stream(splits):
+        if splits.train_labels is None:  # TFDS: the first n, in stored (shuffled) order
+            images, labels = stream_head(splits, n, split)
+        else:
+            images, labels = splits.subset(**{f"max_{split}": n}, seed=config.seed).eval_arrays(split)
+        if normalization is not None:  # the stream's normalisation -> the one asked for
+            images = renormalise(images, (mean, std), normalization)
+        return images, labels
+    sample = splits.subset(**{f"max_{split}": n}, seed=config.seed)
+    mean, std = normalization or (mean, std)
     return normalise(getattr(sample, f"{split}_images"), mean, std), getattr(sample, f"{split}_labels")
+
+
+def renormalise(images, source, target):
+    """Images normalised with source = (mean, std) as normalised with target = (mean, std)."""
+    import numpy as np
+
+    (m0, s0), (m1, s1) = [(np.asarray(m, "float32"), np.asarray(s, "float32")) for m, s in (source, target)]
+    return ((images * s0 + m0) - m1) / s1
 
 
 def stream_head(stream, n, split):
@@ -529,6 +544,7 @@ def _train(config, builder, factor, user_callbacks=()):
     model_path = os.path.join(config.output_dir, "model.keras")
     metrics_path = os.path.join(config.output_dir, "metrics.json")
     curves_path = os.path.join(config.output_dir, "curves.png")
+    record_metadata(run_["backbone"], splits, mean, std)
     training.atomic_save_model(run_["saved"], model_path)
     tops = [r["test_top1"] for r in rows if "test_top1" in r]
     results = {
@@ -552,11 +568,37 @@ def _train(config, builder, factor, user_callbacks=()):
     return RunOutputs(results, {"model": model_path, "metrics": metrics_path, "curves": curves_path})
 
 
+def record_metadata(backbone, splits, mean, std):
+    """Writes what travels with a saved model into its backbone: normalisation, class names, input, dataset."""
+    from keras_icckd import deploy
+
+    names = list(getattr(splits, "class_names", None) or [])
+    backbone.set_metadata(deploy.make_metadata(
+        normalization={"mean": list(mean), "std": list(std)}, input_shape=tuple(backbone.input.shape[1:]),
+        class_names=names if len(names) == backbone.num_classes else None, dataset=splits.name))
+
+
 STREAM_EXPORT_TEST_IMAGES = 1000
 
 
+def model_normalization(model, splits, what):
+    """(mean, std) a model is fed: its recorded metadata, else the dataset's; a recorded one that differs
+    from the dataset's is logged (the model's wins: it is what the weights were trained on)."""
+    import numpy as np
+
+    mean, std = normalization_of(splits)
+    recorded = (getattr(model, "metadata", None) or {}).get("normalization")
+    if recorded is None:
+        return list(map(float, mean)), list(map(float, std))
+    if not (np.allclose(recorded["mean"], mean, atol=1e-6) and np.allclose(recorded["std"], std, atol=1e-6)):
+        logging.warning("%s records the normalisation mean %s, std %s, which --dataset=%s does not use (mean %s, "
+                        "std %s): the recorded one is applied", what, recorded["mean"], recorded["std"], splits.name,
+                        list(mean), list(std))
+    return list(recorded["mean"]), list(recorded["std"])
+
+
 def run_export(config):
-    """--mode=export: the --model student to TFLite files in output_dir, verified on test images."""
+    """--mode=export: the --model student to --export_formats in output_dir, each verified on test images."""
     from keras_icckd import export
 
     try:
@@ -565,22 +607,26 @@ def run_export(config):
         raise ConfigError(f"--model={config.model!r}: {e}")
     splits = load_splits(config)
     check_fits_data(config, "model", student, splits)
-    mean, std = normalization_of(splits)
+    mean, std = model_normalization(student, splits, f"--model={config.model!r}")
     representative = None
-    if "int8" in config.export_quantizations:
+    if "litert" in config.export_formats and "int8" in config.export_quantizations:
         n = min(config.representative_examples, count(splits, "train"))
-        representative = eval_sample(config, splits, n, "train")[0]
+        representative = eval_sample(config, splits, n, "train", normalization=(mean, std))[0]
     # A stream verifies on a class-balanced sample (--max_test_examples, default STREAM_EXPORT_TEST_IMAGES).
     test_images, test_labels = eval_sample(config, splits, min(config.max_test_examples or STREAM_EXPORT_TEST_IMAGES,
                                                         count(splits, "test")) if is_stream(splits)
-                                           else count(splits, "test"))
-    logging.info("exporting %s: verified on %d %s test images", config.model, len(test_labels), splits.name)
+                                           else count(splits, "test"), normalization=(mean, std))
+    logging.info("exporting %s to %s: verified on %d %s test images", config.model, ", ".join(config.export_formats),
+                 len(test_labels), splits.name)
+    class_names = (student.metadata or {}).get("class_names") or list(splits.class_names)
     try:
-        report = export.export_tflite(
-            student, config.output_dir, test_images=test_images, test_labels=test_labels,
+        report = export.export_model(
+            student, config.output_dir, formats=config.export_formats, input_format=config.export_input,
+            test_images=test_images, test_labels=test_labels,
             representative_images=representative, quantizations=config.export_quantizations,
             int8_io=config.export_int8_io, batch_size=config.export_batch_size or None,
-            parity_tolerance=config.parity_tolerance, normalization={"mean": list(mean), "std": list(std)})
+            parity_tolerance=config.parity_tolerance, normalization={"mean": mean, "std": std},
+            class_names=class_names if len(class_names) == student.num_classes else None)
     except export.ExportError as e:
         raise ExportFailed(f"export failed: {e}") from e
     report = dict(report, dataset=splits.name)
@@ -619,6 +665,11 @@ def run_import(config):
         results.update(dataset=splits.name, num_test=len(splits.test_labels),
                        test_top1=evaluation.top_k_accuracy(logits, splits.test_labels, 1),
                        test_top5=evaluation.top_k_accuracy(logits, splits.test_labels, 5))
+    if splits is not None:
+        record_metadata(model, splits, *data.normalization_for(splits))
+    else:
+        model.set_metadata({"normalization": {"mean": normalization["feed"]["mean"], "std": normalization["feed"]["std"]},
+                            "input_shape": list(input_shape)})
     model_path = os.path.join(config.output_dir, "model.keras")
     metrics_path = os.path.join(config.output_dir, "metrics.json")
     training.atomic_save_model(model, model_path)
@@ -631,7 +682,7 @@ def run_evaluate(config):
     import keras
     import numpy as np
 
-    from keras_icckd import data, evaluation, export, training
+    from keras_icckd import data, deploy, evaluation, export, training
 
     path = config.model
     if path.endswith(".tflite"):
@@ -653,17 +704,27 @@ def run_evaluate(config):
         raise ConfigError(f"--model={path!r} was made for {classes} classes of {shape} images, but "
                              f"--dataset={config.dataset} has {splits.num_classes} classes of {data_shape} images")
     mean, std = data.normalization_for(splits)
-    if path.endswith(".tflite"):  # export.json beside the file records what it is fed
+    input_format = "normalized"
+    if path.endswith(".tflite"):  # the file's metadata (or, for older files, export.json beside it)
+        metadata = deploy.read_metadata(path)
         report_path = os.path.join(os.path.dirname(path), "export.json")
-        recorded = json.load(open(report_path)).get("normalization") if os.path.isfile(report_path) else None
-        if recorded and not (np.allclose(recorded["mean"], mean, atol=1e-6) and np.allclose(recorded["std"], std, atol=1e-6)):
-            raise ConfigError(f"--model={path!r} was exported for images normalised with {recorded} ({report_path}), "
-                                 f"but --dataset={config.dataset} is normalised with mean {list(mean)}, std {list(std)}")
+        if metadata is None and os.path.isfile(report_path):
+            metadata = {"normalization": json.load(open(report_path)).get("normalization")}
+        metadata = metadata or {}
+        input_format = metadata.get("input_format", "normalized")
+        if metadata.get("normalization"):
+            mean, std = metadata["normalization"]["mean"], metadata["normalization"]["std"]
+            if not (np.allclose(mean, data.normalization_for(splits)[0], atol=1e-6)
+                    and np.allclose(std, data.normalization_for(splits)[1], atol=1e-6)):
+                logging.warning("%s was exported for images normalised with mean %s, std %s, not --dataset=%s's: "
+                                "the recorded normalisation is applied", path, mean, std, splits.name)
     else:
         check_fits_data(config, "model", model, splits)
+        mean, std = model_normalization(model, splits, f"--model={path!r}")
     logging.info("evaluating %s on %d %s test images", path, len(splits.test_labels), splits.name)
-    logits, _ = evaluation.predict(model, normalise(splits.test_images, mean, std), config.eval_batch_size,
-                                   embedding=False)
+    images = splits.test_images.astype("float32") if input_format != "normalized" \
+        else normalise(splits.test_images, mean, std)
+    logits, _ = evaluation.predict(model, images, config.eval_batch_size, embedding=False)
     results = {"mode": "evaluate", "model": os.path.abspath(path), "format": "tflite" if path.endswith(".tflite")
                else "keras", "arch": name, "dataset": splits.name, "num_classes": splits.num_classes,
                "class_names": list(splits.class_names), "normalization": {"mean": list(mean), "std": list(std)},
