@@ -61,7 +61,9 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         teacher: the teacher (see above).
         student: the student backbone.
         distillation_losses: the objectives: "kd:0.9,rkd:1", or a list of (name or `Objective`,
-            weight) pairs, or of names / `Objective`s (weight 1). Also accepted as `objectives=`.
+            weight) pairs, or of names / `Objective`s (weight 1). Keras' own
+            `keras.distillation.LogitsDistillation` / `FeatureDistillation` instances are accepted in
+            the list too (`objectives.KerasDistillationLoss`). Also accepted as `objectives=`.
         distillation_loss_weights: one weight per objective, replacing the weights given with them.
         student_loss_weight: Keras' convex weighting, in [0, 1]: the loss is then
             `s * CE + (1 - s) * sum_i w_i * objective_i`. Give it or `ce_weight`, not both.
@@ -158,6 +160,10 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         for objective, weight in objectives:
             if isinstance(objective, str):
                 objective = objective_zoo.get(objective, name=objective)
+            if isinstance(objective, keras.distillation.DistillationLoss):  # Keras' own losses
+                objective = objective_zoo.KerasDistillationLoss(objective)
+            if isinstance(objective, objective_zoo.KerasDistillationLoss):
+                objective.resolve(self.teacher, self.student)
             objective.prepare(s_shapes, t_shapes, context)
             self.objective_layers.append(objective)
             self.objective_weights.append(float(weight))

@@ -14,3 +14,4 @@ from keras_icckd.objectives.kd import KD
 from keras_icckd.objectives.msdcrd import MSDCRD
 from keras_icckd.objectives.pckd import PCKD
 from keras_icckd.objectives.rkd import RKD
+from keras_icckd.objectives.keras_interop import KerasDistillationLoss, ObjectiveLoss, as_distillation_loss

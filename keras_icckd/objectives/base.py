@@ -125,6 +125,7 @@ class Objective(keras.layers.Layer):
     registry_name = None
     requires = ()
     views = 1
+    uses_labels = False  # whether `compute` reads the labels (keras.distillation does not pass them)
 
     def make_views(self, images):
         """(B, ...) images -> (views * B, ...), the original batch first. Identity by default."""

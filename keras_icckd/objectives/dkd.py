@@ -22,6 +22,8 @@ class DKD(Objective):
         warmup_epochs: epochs of linear warm-up (0: none). Default 20.
     """
 
+    uses_labels = True
+
     def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20, **kwargs):
         super().__init__(**kwargs)
         if not temperature > 0 or alpha < 0 or beta < 0 or warmup_epochs < 0:

@@ -65,6 +65,8 @@ class PCKD(Objective):
     True
     """
 
+    uses_labels = True
+
     views = 4
     requires = ("classifier",)
 
