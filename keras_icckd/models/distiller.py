@@ -284,7 +284,28 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
             callbacks.insert(0, EpochCounter())
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
-    def save(self, *args, **kwargs):
-        raise NotImplementedError(
-            "a Distiller is not saved as a whole: save `distiller.student` (the deployable model) "
-            "and keep the teacher's own .keras file")
+    def get_config(self):
+        """Both networks, the objectives (their state, e.g. CRD's memory banks and DCD's scale, is in the
+        weights) and the weights as computed: `model.save` writes a whole training state that
+        `keras.saving.load_model` restores (with the optimizer), so `ModelCheckpoint` and
+        `BackupAndRestore` work on a distillation run. For deployment save `distiller.student`."""
+        return {"name": self.name, "trainable": self.trainable,
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "distillation_losses": [keras.saving.serialize_keras_object(o) for o in self.objective_layers],
+                "distillation_loss_weights": list(self.objective_weights), "ce_weight": self.ce_weight,
+                "num_train": self.num_train, "steps_per_epoch": self.steps_per_epoch,
+                "allow_smaller_teacher": self.allow_smaller_teacher}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key], custom_objects=custom_objects)
+        config["distillation_losses"] = [keras.saving.deserialize_keras_object(o, custom_objects=custom_objects)
+                                         for o in config["distillation_losses"]]
+        trainable = config.pop("trainable", True)
+        distiller = cls(**config)
+        distiller.trainable = trainable
+        distiller.teacher.trainable = False
+        return distiller
