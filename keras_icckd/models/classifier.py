@@ -18,6 +18,22 @@ def backbone_with(backbone, outputs):
     return backbone
 
 
+def is_soft(y, num_classes):
+    """Whether labels `y` are soft rows (B, num_classes), as mixing augmentations (MixUp, CutMix) make."""
+    return len(y.shape) == 2 and y.shape[-1] == num_classes and num_classes > 1
+
+
+def cross_entropy(y, logits):
+    """(mean cross-entropy, int32 (B,) labels for the metrics, soft) for integer labels (B,) or soft label
+    rows (B, C): soft-target cross-entropy then, and each row's largest class as its label."""
+    if is_soft(y, int(logits.shape[-1])):
+        soft = ops.cast(y, "float32")
+        ce = ops.mean(keras.losses.categorical_crossentropy(soft, logits, from_logits=True))
+        return ce, ops.cast(ops.argmax(soft, axis=-1), "int32"), True
+    labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)), labels, False
+
+
 @keras.saving.register_keras_serializable(package="keras_icckd")
 class Classifier(replicas.MultiWorkerFixes, keras.Model):
     """Trains a keras_icckd backbone with the cross-entropy of its logits, nothing else.
@@ -59,10 +75,8 @@ class Classifier(replicas.MultiWorkerFixes, keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         del x, sample_weight, training
-        labels = replicas.gather(ops.cast(ops.reshape(y, (-1,)), "int32"))
         logits = replicas.gather(y_pred)
-        ce = ops.mean(keras.losses.sparse_categorical_crossentropy(
-            labels, ops.cast(logits, "float32"), from_logits=True))
+        ce, labels, _ = cross_entropy(replicas.gather(y), ops.cast(logits, "float32"))
         self.ce_tracker.update_state(ce, sample_weight=ops.shape(labels)[0])
         self.accuracy_tracker.update_state(labels, logits)
         total = ce

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_icckd import objectives as objective_zoo
 from keras_icckd import replicas
+from keras_icckd.models.classifier import cross_entropy, is_soft
 
 _RESERVED = ("loss", "ce", "accuracy", "agreement")
 _MODEL_REQUIREMENTS = ("classifier",)  # what objectives read from the networks, not from the batch
@@ -220,7 +221,14 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         # (gathered from all replicas on first use), so batch-wide objectives (CRD's memory and
         # normaliser, RKD/DCD/PCKD/MSDCRD's in-batch relations) see it as on one device; one
         # replica's share of the loss is returned.
-        labels = replicas.gather(ops.cast(ops.reshape(y, (-1,)), "int32"))
+        y = replicas.gather(y)
+        soft = is_soft(y, int(self.student.output["logits"].shape[-1]))
+        labels = ops.cast(ops.argmax(y, axis=-1), "int32") if soft else ops.cast(ops.reshape(y, (-1,)), "int32")
+        if soft and any(o.uses_labels for o in self.objective_layers):
+            raise ValueError(
+                f"the objectives {[o.name for o in self.objective_layers if o.uses_labels]} read each image's label, "
+                "but the batch has soft label rows (a mixing augmentation such as MixUp or CutMix made them): "
+                "drop the mixing augmentation or those objectives")
         batch = ops.shape(labels)[0]
         views = self.view_maker.views if self.view_maker is not None else 1
         all_views = tuple(replicas.global_batch(y_pred[k], views) for k in ("student", "teacher"))
@@ -228,7 +236,7 @@ class Distiller(replicas.MultiWorkerFixes, keras.Model):
         if self.view_maker is not None:  # the original images come first
             student, teacher = (replicas.LazyMap(outputs, lambda t: t[:batch]) for outputs in all_views)
         s_logits = ops.cast(student["logits"], "float32")
-        ce = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, s_logits, from_logits=True))
+        ce = cross_entropy(y if soft else labels, s_logits)[0]
         total = self.ce_weight * ce
         constants = {"epoch": self.current_epoch(), "training": training}
         if "classifier" in self.requires:

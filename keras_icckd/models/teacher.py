@@ -130,6 +130,10 @@ class ContrastiveTeacher(replicas.MultiWorkerFixes, keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         del x, sample_weight
+        if len(y.shape) == 2 and y.shape[-1] > 1:
+            raise ValueError("a ContrastiveTeacher trains on one class per image (its intra-class term groups images "
+                             f"by class), but the labels are soft rows of shape {tuple(y.shape)} (a mixing "
+                             "augmentation such as MixUp or CutMix made them): train the teacher without mixing")
         # Under tf.distribute: the global batch of every replica (the negatives, the margin gate's
         # batch and the cache's writes are batch-wide), and one replica's share of the loss.
         labels = replicas.gather(ops.cast(ops.reshape(y, (-1,)), "int32"))

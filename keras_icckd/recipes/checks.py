@@ -93,6 +93,8 @@ def validate(config):
         need(parsed, "objectives", f"at least one of {', '.join(objectives.names())} as name:weight")
         need(config.ce_weight >= 0, "ce_weight", ">= 0")
     need(config.dataset != "tfds" or config.tfds_name, "tfds_name", "a TFDS name with --dataset=tfds")
+    if config.augment:
+        validate_augment(config, need)
     from keras_icckd import data
 
     if not data.tensorflow_available():  # TensorFlow-free environments (e.g. JAX on a GPU machine)
@@ -204,4 +206,29 @@ def validate_import(config, need):
     except ImportError as e:
         raise ConfigError(f"--mode=import: {e}")
 
+
+def validate_augment(config, need):
+    """--augment: known layers and options; mixing only where soft labels can be trained on."""
+    from keras_icckd import objectives
+    from keras_icckd.data import augment
+
+    try:
+        items = augment.parse(config.augment)
+    except ValueError as e:
+        raise ConfigError(f"--augment={config.augment!r} is not allowed: {e}")
+    need(config.mode in ("teacher", "student"), "augment", "unset unless --mode=teacher or --mode=student (it "
+         "augments training batches)")
+    need(not config.stream, "augment", "unset with --stream (it applies to the in-memory pipelines)")
+    need(config.num_processes == 1 and config.distribution == "none", "augment",
+         "unset with several devices or processes (it applies to the batches of one process)")
+    mixing = [name for name, _ in items if name in augment.MIXING]
+    if mixing:
+        need(config.mode == "student", "augment", f"no mixing layer ({', '.join(mixing)}) with --mode=teacher: the ICC "
+             "teacher groups images by class, and mixed images have none")
+        if config.teacher:
+            readers = [item if isinstance(item, str) else item.registry_name
+                       for item, _ in objectives.parse(config.objectives)
+                       if (objectives.get(item) if isinstance(item, str) else item).uses_labels]
+            need(not readers, "augment", f"no mixing layer ({', '.join(mixing)}) with the objectives {readers}: they "
+                 "read each image's label, which mixing replaces by soft mixtures")
 

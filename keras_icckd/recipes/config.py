@@ -236,6 +236,12 @@ class RunConfig:
         "batches); auto: tf_data when TensorFlow can be imported, else numpy (numpy with --num_processes "
         "> 1 on JAX).",
         default='auto', choices=('auto', 'tf_data', 'numpy'))
+    augment: str = _option(
+        "Extra augmentation with Keras preprocessing layers, after the crop and flip, in order: e.g. "
+        "'randaugment,mixup(alpha=0.2)' (names: keras_icckd.data.augment.LAYERS; options in parentheses, ';' "
+        "between them). Seeded per (seed, epoch, batch): resume stays exact. mixup/cutmix mix images and labels "
+        "(soft-label CE; the teacher sees the same mixed images): --mode=student only. Empty: none.",
+        default='')
     model: str | None = _option(
         "--mode=export: a .keras file (student, imported model, or a teacher: its backbone); "
         "--mode=evaluate: the same, or a .tflite file from --mode=export.",

@@ -425,6 +425,7 @@ def _train(config, builder, factor, user_callbacks=()):
     from keras_icckd import data
     from keras_icckd import training
     from keras_icckd import version
+    from keras_icckd.data import augment
 
     start = time.time()
     checkpoint_path = os.path.join(config.output_dir, "checkpoint.npz")
@@ -466,6 +467,9 @@ def _train(config, builder, factor, user_callbacks=()):
             train_ds = pipeline.make_train_dataset(
                 splits.train_images, splits.train_labels, config.batch_size, seed=config.seed, mean=mean,
                 std=std, epochs=config.epochs, initial_epoch=initial_epoch, **run_["data_options"], **shard)
+            train_ds = augment.augmented(train_ds, config.augment, seed=config.seed, mean=mean, std=std,
+                                         num_classes=splits.num_classes, steps=steps, initial_epoch=initial_epoch,
+                                         epochs=config.epochs)
         test_ds = pipeline.make_eval_dataset(splits.test_images, splits.test_labels,
                                              config.eval_batch_size, mean=mean, std=std, **shard)
         pipeline_name = pipeline.__name__
