@@ -52,6 +52,11 @@ ONE_BACKEND = {
     "tests/test_export.py::test_cli_export_and_its_errors": "tensorflow",
     "tests/test_export.py::test_cli_exports_every_format": "jax",
     "tests/test_augment.py::test_cli_kd_with_randaugment": "tensorflow",  # eager augmentation is slow on JAX
+    # the children run every backend whatever the parent's: once per suite
+    "tests/test_deploy.py::test_the_plain_file_loads_in_bare_keras_on_each_backend": "jax",
+    # TensorFlow converts in-process here; the JAX path (a TensorFlow child) is the CLI test's
+    "tests/test_export.py::test_every_format_with_uint8_input": "tensorflow",
+    "tests/test_export.py::test_a_relative_output_dir_works": "tensorflow",
     "tests/test_bench.py::test_a_real_run_on_this_backend": "tensorflow",  # JAX: test_gpu_session's JAX half
     "tests/test_resume.py::test_cli_killed_run_resumes_to_the_uninterrupted_result": "tensorflow",
     "tests/test_resume.py::test_random_sigkills_never_leave_a_file_that_loads_truncated": "jax",
