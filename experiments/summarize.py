@@ -35,12 +35,13 @@ def fmt(value, spec=".2f"):
 def describe(m):
     """What was trained, in a few words."""
     f = m["flags"]
+    augment = f", augment {f['augment']}" if f.get("augment") else ""
     if m["mode"] == "student":
         objectives = ",".join(f"{k}:{v:g}" for k, v in m["objectives"].items())
         return f"{m['arch']} <- {m['teacher_arch']} ({os.path.basename(os.path.dirname(m['teacher']))}), " \
-               f"{objectives}, ce {m['ce_weight']:g}"
+               f"{objectives}, ce {m['ce_weight']:g}{augment}"
     return f"{m['arch']}, lambda {f['icc_lambda']:g}" + (
-        f", delta {f['icc_delta']:g}, {f['icc_margin_mode']}" if f["icc_lambda"] else " (CE)")
+        f", delta {f['icc_delta']:g}, {f['icc_margin_mode']}" if f["icc_lambda"] else " (CE)") + augment
 
 
 def table(runs):
