@@ -32,7 +32,7 @@ rows = {}
 for path in sorted(glob.glob(os.path.join(committed, "*_seed*", "metrics.json"))):
     arm, seed = os.path.basename(os.path.dirname(path)).rsplit("_seed", 1)
     rows.setdefault(arm, {})[int(seed)] = json.load(open(path))
-lines = ["| arm | seeds | last-epoch top-1 (%) | best-epoch top-1 (%) | per seed (last) | teacher agreement, last epoch |",
+lines = ["| arm | seeds | last-epoch top-1 (%) | best-epoch top-1 (%) | per seed (last) | top-1 agreement with the teacher on the test set, last epoch |",
          "|---|---|---|---|---|---|"]
 last = {}
 for arm in ("kd", "kd_mixup"):
@@ -41,7 +41,7 @@ for arm in ("kd", "kd_mixup"):
         continue
     tops = [runs[s]["test_top1"] for s in sorted(runs)]
     best = [runs[s]["best_test_top1"] for s in sorted(runs)]
-    agree = [runs[s]["history"][-1].get("val_agreement", float("nan")) for s in sorted(runs)]
+    agree = [runs[s]["history"][-1].get("test_agreement", float("nan")) for s in sorted(runs)]
     last[arm] = tops
     std = lambda v: np.std(v, ddof=1) if len(v) > 1 else float("nan")
     lines.append(f"| {arm} | {','.join(map(str, sorted(runs)))} | {np.mean(tops):.2f} +- {std(tops):.2f} | "
