@@ -585,13 +585,12 @@ def record_metadata(backbone, splits, mean, std):
 STREAM_EXPORT_TEST_IMAGES = 1000
 
 
-def model_normalization(model, splits, what):
-    """(mean, std) a model is fed: its recorded metadata, else the dataset's; a recorded one that differs
-    from the dataset's is logged (the model's wins: it is what the weights were trained on)."""
+def model_normalization(recorded, splits, what):
+    """(mean, std) a model is fed: `recorded` (its metadata's {"mean", "std"}), else the dataset's; a recorded
+    one that differs from the dataset's is logged (the model's wins: it is what the weights were trained on)."""
     import numpy as np
 
     mean, std = normalization_of(splits)
-    recorded = (getattr(model, "metadata", None) or {}).get("normalization")
     if recorded is None:
         return list(map(float, mean)), list(map(float, std))
     if not (np.allclose(recorded["mean"], mean, atol=1e-6) and np.allclose(recorded["std"], std, atol=1e-6)):
@@ -611,7 +610,8 @@ def run_export(config):
         raise ConfigError(f"--model={config.model!r}: {e}")
     splits = load_splits(config)
     check_fits_data(config, "model", student, splits)
-    mean, std = model_normalization(student, splits, f"--model={config.model!r}")
+    mean, std = model_normalization((student.metadata or {}).get("normalization"), splits,
+                                    f"--model={config.model!r}")
     representative = None
     if "litert" in config.export_formats and "int8" in config.export_quantizations:
         n = min(config.representative_examples, count(splits, "train"))
@@ -684,9 +684,8 @@ def run_import(config):
 def run_evaluate(config):
     """--mode=evaluate: metrics.json and evaluation.png of --model (.keras or .tflite) on the test set."""
     import keras
-    import numpy as np
 
-    from keras_icckd import data, deploy, evaluation, export, training
+    from keras_icckd import deploy, evaluation, export, training
 
     path = config.model
     if path.endswith(".tflite"):
@@ -707,24 +706,17 @@ def run_evaluate(config):
     if classes != splits.num_classes or shape != data_shape:
         raise ConfigError(f"--model={path!r} was made for {classes} classes of {shape} images, but "
                              f"--dataset={config.dataset} has {splits.num_classes} classes of {data_shape} images")
-    mean, std = data.normalization_for(splits)
-    input_format = "normalized"
     if path.endswith(".tflite"):  # the file's metadata (or, for older files, export.json beside it)
         metadata = deploy.read_metadata(path)
         report_path = os.path.join(os.path.dirname(path), "export.json")
         if metadata is None and os.path.isfile(report_path):
             metadata = {"normalization": json.load(open(report_path)).get("normalization")}
         metadata = metadata or {}
-        input_format = metadata.get("input_format", "normalized")
-        if metadata.get("normalization"):
-            mean, std = metadata["normalization"]["mean"], metadata["normalization"]["std"]
-            if not (np.allclose(mean, data.normalization_for(splits)[0], atol=1e-6)
-                    and np.allclose(std, data.normalization_for(splits)[1], atol=1e-6)):
-                logging.warning("%s was exported for images normalised with mean %s, std %s, not --dataset=%s's: "
-                                "the recorded normalisation is applied", path, mean, std, splits.name)
     else:
         check_fits_data(config, "model", model, splits)
-        mean, std = model_normalization(model, splits, f"--model={path!r}")
+        metadata = model.metadata or {}
+    input_format = metadata.get("input_format", "normalized")
+    mean, std = model_normalization(metadata.get("normalization"), splits, f"--model={path!r}")
     logging.info("evaluating %s on %d %s test images", path, len(splits.test_labels), splits.name)
     images = splits.test_images.astype("float32") if input_format != "normalized" \
         else normalise(splits.test_images, mean, std)
