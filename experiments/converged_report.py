@@ -17,8 +17,6 @@ Run it with --runs pointing at the committed copy (the default) to rebuild the t
 """
 
 import glob
-import itertools
-import json
 import os
 import re
 import shutil
@@ -27,6 +25,11 @@ import sys
 from absl import app
 from absl import flags
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from study_stats import (  # noqa: E402,F401 (t_two_sided_p and mean_std: this module's tests use them)
+    fmt, holm, mean_of, mean_std, paired, paired_table, rank_test, read, rule_table, spread_rule, student_table,
+    students, t_two_sided_p, table, teacher_record, two_sided_rank_test)
 
 FLAGS = flags.FLAGS
 RESULTS = os.path.join("experiments", "results", "converged_cifar10")
@@ -39,7 +42,6 @@ flags.DEFINE_string("summary", os.path.join(RESULTS, "summary.json"), "The numbe
 
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 TEACHER = re.compile(r"^(ft|scratch|twoview)_teacher_lambda([0-9.]+?)(?:_seed(\d+))?$")
-STUDENT = re.compile(r"^(.+)_seed(\d+)$")
 # student setting -> (label, teacher folder); the order of the tables
 SETTINGS = {
     "alone": ("resnet8 alone (CE)", None),
@@ -76,6 +78,7 @@ SETTINGS = {
     "kd_scratch_icc_teacher2": ("KD from a second from-scratch ICC teacher (lambda 0.05, seed 1)",
                                 "scratch_teacher_lambda0.05_seed1"),
 }
+LABELS = {setting: label for setting, (label, _) in SETTINGS.items()}
 # KD from each CE teacher fine-tuned from the published weights (one arm per teacher)
 CE_KD = ("kd_ce", "kd_ce_teacher2", "kd_ce_teacher3", "kd_ce_teacher4")
 # KD from each two-view CE teacher (lambda 0, two views through the network: the control of part 2)
@@ -86,11 +89,6 @@ ICC_KD = ("kd_icc0.01", "kd_icc0.05", "kd_icc0.05_teacher2", "kd_icc0.1", "kd_ic
 LONG = ("kd_icc0.05_long", "kd_twoview_ce_long", "alone_long")
 # the from-scratch control's pairs of teachers (one seed each): (KD from the CE teacher, KD from the ICC teacher)
 SCRATCH_PAIRS = (("kd_scratch_ce", "kd_scratch_icc"), ("kd_scratch_ce_teacher2", "kd_scratch_icc_teacher2"))
-
-
-def read(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def collect(runs, results):
@@ -114,137 +112,14 @@ def collect(runs, results):
             os.replace(target + ".tmp", target)
 
 
-def mean_std(values):
-    values = np.asarray(values, float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-
-
-def fmt(value, spec=".2f"):
-    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
-
-
 def teachers(results):
     """{folder name: row} of every teacher run with its evaluation when there is one."""
     rows = {}
     for path in sorted(glob.glob(os.path.join(results, "*teacher_lambda*", "metrics.json"))):
         name = os.path.basename(os.path.dirname(path))
         kind, lam, seed = TEACHER.match(name).groups()
-        m = read(path)
-        last = m["history"][-1]
-        row = {"kind": kind, "lambda": float(lam), "epochs": len(m["history"]),
-               "seed": int(m.get("flags", {}).get("seed", seed or 0)), "test_top1": m["test_top1"],
-               "best_test_top1": m["best_test_top1"], "intra_inter_ratio": last.get("intra_inter_ratio"),
-               "margin_pass": last.get("margin_pass"), "wall_seconds": m["wall_seconds"]}
-        evaluation = os.path.join(os.path.dirname(path), "evaluate", "metrics.json")
-        if os.path.isfile(evaluation):
-            e = read(evaluation)
-            soft = e["soft_labels"]
-            row.update(eval_top1=e["test_top1"], ece=e["ece"],
-                       eval_ratio=e.get("class_distances", {}).get("intra_inter_ratio"),
-                       entropy=soft["mean_entropy"], off_mass=soft["mean_off_class_mass"],
-                       entropy_spread=soft["mean_over_classes"]["entropy_std"],
-                       off_mass_spread=soft["mean_over_classes"]["off_class_mass_std"],
-                       temperature=soft["temperature"])
-        rows[name] = row
+        rows[name] = {"kind": kind, "lambda": float(lam), **teacher_record(os.path.dirname(path), int(seed or 0))}
     return rows
-
-
-def students(results):
-    """{setting: {"runs": [(seed, metrics)], ...mean/std}} of the finished student runs."""
-    groups = {}
-    for path in sorted(glob.glob(os.path.join(results, "students", "*_seed*", "metrics.json"))):
-        setting, seed = STUDENT.match(os.path.basename(os.path.dirname(path))).groups()
-        groups.setdefault(setting, []).append((int(seed), read(path)))
-    out = {}
-    for setting, runs in groups.items():
-        runs.sort()
-        last = [m["test_top1"] for _, m in runs]
-        best = [m["best_test_top1"] for _, m in runs]
-        first = runs[0][1]
-        out[setting] = {
-            "seeds": [s for s, _ in runs], "last": last, "best": best,
-            "best_epoch": [m["best_epoch"] for _, m in runs], "epochs": len(first["history"]),
-            # how flat the end of each run's curve is: max - min of test top-1 over its last three epochs
-            "last3_range": [float(np.ptp([r["test_top1"] for r in m["history"][-3:]]))
-                            if len(m["history"]) >= 3 and all("test_top1" in r for r in m["history"][-3:])
-                            else None for _, m in runs],
-            "last_mean_std": mean_std(last), "best_mean_std": mean_std(best),
-            "teacher": os.path.basename(os.path.dirname(first["teacher"])) if "teacher" in first else None,
-            "teacher_test_top1": first.get("teacher_test_top1"),
-            "objectives": first.get("objectives"), "ce_weight": first.get("ce_weight"),
-            "wall_seconds": [m["wall_seconds"] for _, m in runs],
-        }
-    return out
-
-
-def t_two_sided_p(t, df):
-    """Two-sided p-value of Student's t with an integer number of degrees of freedom (closed form)."""
-    if df < 1 or df != int(df):
-        raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
-    if np.isinf(t):
-        return 0.0
-    theta = np.arctan(abs(t) / np.sqrt(df))
-    c = np.cos(theta) ** 2
-    if df % 2:  # odd: 2/pi (theta + sin cos (1 + 2/3 c + 2*4/(3*5) c^2 + ...)), (df - 3) / 2 terms after 1
-        term, total = 1.0, 1.0 if df > 1 else 0.0
-        for k in range(1, (df - 1) // 2):
-            term *= c * (2 * k) / (2 * k + 1)
-            total += term
-        a = 2 / np.pi * (theta + np.sin(theta) * np.cos(theta) * total)
-    else:  # even: sin (1 + 1/2 c + 1*3/(2*4) c^2 + ...), (df - 2) / 2 terms after 1
-        term, total = 1.0, 1.0
-        for k in range(1, df // 2):
-            term *= c * (2 * k - 1) / (2 * k)
-            total += term
-        a = np.sin(theta) * total
-    return float(max(0.0, 1.0 - a))
-
-
-def paired(groups, reference="kd_ce"):
-    """{setting: differences to `reference` over the seeds both have (last epoch), with a paired t-test}."""
-    if reference not in groups:
-        return {}
-    ref = dict(zip(groups[reference]["seeds"], groups[reference]["last"]))
-    out = {}
-    for setting, g in groups.items():
-        common = [(s, v - ref[s]) for s, v in zip(g["seeds"], g["last"]) if s in ref]
-        if setting == reference or len(common) < 2:
-            continue
-        diffs = np.array([d for _, d in common])
-        mean, std = float(diffs.mean()), float(diffs.std(ddof=1))
-        t = mean / (std / np.sqrt(len(diffs))) if std > 0 else float(np.sign(mean) * np.inf)
-        out[setting] = {"reference": reference, "seeds": [s for s, _ in common], "differences": diffs.tolist(),
-                        "mean": mean, "std": std, "t": float(t), "df": len(diffs) - 1,
-                        "p_two_sided": t_two_sided_p(t, len(diffs) - 1) if mean or std else 1.0}
-    return out
-
-
-def table(header, rows):
-    """A Markdown table: `header` and each of `rows` are lists of cells."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
-
-
-def mean_of(groups, settings):
-    """A group whose value per seed is the mean of `settings`' values, over the seeds they all have."""
-    values = [dict(zip(groups[s]["seeds"], groups[s]["last"])) for s in settings if s in groups]
-    seeds = sorted(set.intersection(*(set(v) for v in values))) if values and len(values) == len(settings) else []
-    return {"seeds": seeds, "last": [float(np.mean([v[s] for v in values])) for s in seeds]}
-
-
-def rank_test(low, high):
-    """Mann-Whitney U of `high` over `low` (pairs with high > low, ties counting 1/2) and its exact
-    one-sided p-value: the share of all ways to split the pooled values into groups of these sizes
-    whose U is at least as large (no normal approximation: a handful of teachers)."""
-    pooled, k = list(low) + list(high), len(high)
-
-    def u(chosen):
-        rest = [pooled[i] for i in range(len(pooled)) if i not in chosen]
-        return sum((pooled[i] > r) + 0.5 * (pooled[i] == r) for i in chosen for r in rest)
-
-    observed = u(set(range(len(low), len(pooled))))
-    splits = [u(set(c)) for c in itertools.combinations(range(len(pooled)), k)]
-    return {"u": observed, "u_max": len(low) * k, "p_one_sided": sum(x >= observed for x in splits) / len(splits)}
 
 
 def teacher_level(groups, ce, icc):
@@ -254,72 +129,6 @@ def teacher_level(groups, ce, icc):
     if not low or not high:
         return None
     return {"kd_mean_per_teacher": means, **rank_test(low, high)}
-
-
-def holm(pvalues):
-    """Holm's step-down adjustment of {name: p} for testing them all (each p times the number of tests not
-    yet passed, in increasing order, kept monotone and at most 1)."""
-    out, running = {}, 0.0
-    ordered = sorted(pvalues.items(), key=lambda item: item[1])
-    for i, (name, p) in enumerate(ordered):
-        running = max(running, min(1.0, (len(ordered) - i) * p))
-        out[name] = running
-    return out
-
-
-def paired_table(comparisons, settings, adjusted=None):
-    """A table of paired comparisons; `adjusted`: {setting: Holm-adjusted p}, added as a last column."""
-    rows = []
-    for setting in (s for s in settings if s in comparisons):
-        c = comparisons[setting]
-        rows.append([SETTINGS.get(setting, (setting,))[0], ",".join(map(str, c["seeds"])),
-                     "; ".join(f"s{s}: {d:+.2f}" for s, d in zip(c["seeds"], c["differences"])),
-                     f"{c['mean']:+.2f}", f"{c['std']:.2f}", f"{c['t']:.2f}", f"{c['p_two_sided']:.3f}"]
-                    + ([fmt(adjusted.get(setting), ".3f")] if adjusted is not None else []))
-    extra = [f"Holm-adjusted p ({len(adjusted)} ICC teachers)"] if adjusted is not None else []
-    return table(["setting", "seeds", "per seed: difference (points)", "mean difference", "sample std",
-                  "t (n - 1 d.f.)", "two-sided p"] + extra, rows)
-
-
-def spread_rule(groups, first, second):
-    """The design's rule, "a difference counts only when it exceeds the seeds' spread", as stated before
-    part 2's runs: D = mean over the first kind's teachers of their KD means minus the same over the
-    second kind's; s = the mean over every KD arm of both kinds of its sample std over seeds; D counts
-    when |D| > s. None until both kinds have a teacher."""
-    if not first or not second:
-        return None
-    means = {k: groups[k]["last_mean_std"][0] for k in first + second}
-    d = float(np.mean([means[k] for k in first]) - np.mean([means[k] for k in second]))
-    s = float(np.mean([groups[k]["last_mean_std"][1] for k in first + second]))
-    return {"first": list(first), "second": list(second), "difference": d, "spread": s, "counts": abs(d) > s}
-
-
-def two_sided_rank_test(a, b):
-    """The exact Mann-Whitney test of a against b in either direction: twice the smaller one-sided p (at most 1)."""
-    up, down = rank_test(b, a), rank_test(a, b)
-    return {"u": up["u"], "u_max": up["u_max"], "p_two_sided": min(1.0, 2 * min(up["p_one_sided"],
-                                                                               down["p_one_sided"]))}
-
-
-def rule_table(rules):
-    """The three teacher-level comparisons by the pre-stated rule, with the rank tests after it."""
-    rows = []
-    for label, rule, test in rules:
-        if rule is None:
-            rows.append([label, "not yet (needs complete KD arms of both kinds)", "", "", "", ""])
-            continue
-        if test is None:
-            p = ""
-        elif "t" in test:
-            p = f"paired by seed: t = {test['t']:.2f}, two-sided p = {test['p_two_sided']:.3f}"
-        else:
-            p = (f"U {test['u']:g} of {test['u_max']}, "
-                 + (f"one-sided p = {test['p_one_sided']:.3f}" if "p_one_sided" in test
-                    else f"two-sided p = {test['p_two_sided']:.3f}"))
-        rows.append([label, f"{len(rule['first'])} against {len(rule['second'])}", f"{rule['difference']:+.2f}",
-                     f"{rule['spread']:.2f}", "yes" if rule["counts"] else "no", p])
-    return table(["comparison (KD means per teacher)", "teachers", "D (points)", "seeds' spread s",
-                  "counts (abs(D) > s)", "secondary test"], rows)
 
 
 def teacher_table(rows, kind):
@@ -334,20 +143,6 @@ def teacher_table(rows, kind):
     return table(["teacher", "lambda", seed, "epochs", "test top-1 (%)", "intra/inter ratio", "anchors past margin",
                   "ECE", "entropy at T=4", "off-class mass at T=4", "within-class std of entropy",
                   "within-class std of off-class mass"], cells)
-
-
-def student_table(groups, settings):
-    rows = []
-    for setting in (s for s in settings if s in groups):
-        g = groups[setting]
-        (lm, ls), (bm, bs) = g["last_mean_std"], g["best_mean_std"]
-        rows.append([SETTINGS.get(setting, (setting,))[0],
-                     f"{g['teacher']} ({fmt(g['teacher_test_top1'])})" if g["teacher"] else "-",
-                     ",".join(map(str, g["seeds"])), f"{lm:.2f} +- {fmt(ls)}", f"{bm:.2f} +- {fmt(bs)}",
-                     "; ".join(f"s{s}: {fmt(l)} / {fmt(b)} ({e})"
-                               for s, l, b, e in zip(g["seeds"], g["last"], g["best"], g["best_epoch"]))])
-    return table(["setting", "teacher (top-1 %)", "seeds", "last epoch top-1 (%)", "best epoch top-1 (%)",
-                  "per seed: last / best (best epoch)"], rows)
 
 
 def figure(rows, groups, path):
@@ -490,12 +285,12 @@ def main(argv):
                      "10,000 JPEG test images.")
     parts += ["### Teachers fine-tuned from the published resnet20", "", teacher_table(rows, "ft"), "",
               "### Students (resnet8), teachers fine-tuned from the published weights", "",
-              student_table(groups, fine_tuned), "",
+              student_table(groups, fine_tuned, LABELS), "",
               "### Paired by seed against KD from the CE teacher (last epoch; difference = arm - KD from CE)",
-              "", paired_table(comparisons, fine_tuned), "",
+              "", paired_table(comparisons, fine_tuned, LABELS), "",
               f"### Paired by seed against every CE teacher (difference = arm - mean of KD from the {len(ce)} CE "
               f"teachers, same seed: {', '.join(groups[s]['teacher'] for s in ce)})", "",
-              paired_table(ce_all, icc, ce_all_holm), "",
+              paired_table(ce_all, icc, LABELS, ce_all_holm), "",
               "Teacher level (one value per teacher: its KD students' mean; KD arms only): " + (
                   "; ".join(f"{SETTINGS[k][0]} {v:.2f}" for k, v in level["kd_mean_per_teacher"].items())
                   + f". Mann-Whitney U of the ICC teachers over the CE teachers {level['u']:g} of {level['u_max']}, "
@@ -507,27 +302,29 @@ def main(argv):
               rule_table([(labels[k], *rules[k]) for k in labels]), "",
               "### Part 2: the two-view CE control (lambda 0, two views through the network, CE on view 1)", "",
               teacher_table(rows, "twoview"), "",
-              student_table(groups, TWOVIEW_KD), "",
+              student_table(groups, TWOVIEW_KD, LABELS), "",
               f"Paired by seed against the mean of KD from the {len(twoview)} two-view CE teachers (difference = arm "
               "- that mean, same seed):" if twoview_all else "Paired against the two-view CE teachers: not yet (needs "
               "a complete two-view CE arm).", "",
-              *([paired_table(twoview_all, ICC_KD, twoview_holm), ""] if twoview_all else []),
+              *([paired_table(twoview_all, ICC_KD, LABELS, twoview_holm), ""] if twoview_all else []),
               "### Part 3: students of 15 epochs (KD from the ICC teacher chosen before the runs, lambda 0.05 with "
               "fine-tuning seed 0, against its two-view CE control, fine-tuning seed 0; the student alone)", "",
-              student_table(groups, LONG), "",
+              student_table(groups, LONG, LABELS), "",
               "Flatness of the end of each curve (max - min of test top-1 over the last three epochs, per seed): " + (
                   "; ".join(f"{SETTINGS[k][0]}: " + ", ".join(fmt(v) for v in groups[k]["last3_range"])
                             for k in LONG if k in groups) or "not yet.") + "", "",
-              rule_table([("(d) 15 epochs: the chosen ICC teacher against its two-view CE control", *long_rules["long"]),
+              rule_table([("(d) 15 epochs: the chosen ICC teacher against its two-view CE control",
+                           *long_rules["long"]),
                           ("(e) the same two teachers, 3-epoch students (part 2)", *long_rules["short"])]), "",
               "### KD + RKD: from the best ICC teacher against from the CE teacher (paired by seed; difference "
               "= Ours+RKD - KD + RKD from the CE teacher)", "",
-              paired_table(rkd, ["rkd_icc"]) if rkd else "Not yet (needs both arms with two seeds in common).", "",
+              paired_table(rkd, ["rkd_icc"], LABELS) if rkd
+              else "Not yet (needs both arms with two seeds in common).", "",
               "### From-scratch control: resnet20 teachers from random initialisation", "",
               teacher_table(rows, "scratch"), "",
-              student_table(groups, [s for pair in SCRATCH_PAIRS for s in pair]), "",
+              student_table(groups, [s for pair in SCRATCH_PAIRS for s in pair], LABELS), "",
               "Paired by seed against KD from the from-scratch CE teacher of the same pair (difference = arm - "
-              "that KD):", "", paired_table(scratch, [icc for _, icc in SCRATCH_PAIRS])]
+              "that KD):", "", paired_table(scratch, [icc for _, icc in SCRATCH_PAIRS], LABELS)]
     text = "\n".join(parts)
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
     from keras_icckd.training import atomic_write_json, atomic_write_text
