@@ -29,7 +29,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from study_stats import (  # noqa: E402,F401 (t_two_sided_p and mean_std: this module's tests use them)
     fmt, holm, mean_of, mean_std, paired, paired_table, rank_test, read, rule_table, spread_rule, student_table,
-    students, t_two_sided_p, table, teacher_record, two_sided_rank_test)
+    students, t_two_sided_p, table, teacher_record, two_sided_rank_test, save_figure,
+    write_json, write_tables)
 
 FLAGS = flags.FLAGS
 RESULTS = os.path.join("experiments", "results", "converged_cifar10")
@@ -40,7 +41,6 @@ flags.DEFINE_string("markdown", os.path.join("experiments", "results", "converge
 flags.DEFINE_string("figure", os.path.join("experiments", "results", "converged_cifar10.png"), "The figure.")
 flags.DEFINE_string("summary", os.path.join(RESULTS, "summary.json"), "The numbers as JSON.")
 
-BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 TEACHER = re.compile(r"^(ft|scratch|twoview)_teacher_lambda([0-9.]+?)(?:_seed(\d+))?$")
 # student setting -> (label, teacher folder); the order of the tables
 SETTINGS = {
@@ -215,11 +215,7 @@ def figure(rows, groups, path):
         ax.grid(alpha=0.3)
     fig.suptitle("Converged-scale CIFAR-10 (JPEG copy): resnet20 teachers fine-tuned from the published "
                  "weights, resnet8 students; mean +- sample std over seeds", fontsize=10)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return True
 
 
@@ -326,28 +322,19 @@ def main(argv):
               "Paired by seed against KD from the from-scratch CE teacher of the same pair (difference = arm - "
               "that KD):", "", paired_table(scratch, [icc for _, icc in SCRATCH_PAIRS], LABELS)]
     text = "\n".join(parts)
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-    from keras_icckd.training import atomic_write_json, atomic_write_text
-
-    if os.path.isfile(FLAGS.markdown):
-        doc = open(FLAGS.markdown).read()
-        if BEGIN not in doc or END not in doc:
-            raise app.UsageError(f"--markdown={FLAGS.markdown!r} lacks the {BEGIN} / {END} markers")
-        head, rest = doc.split(BEGIN, 1)
-        atomic_write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1], FLAGS.markdown)
-    else:
-        print(text)
+    try:
+        write_tables(FLAGS.markdown, text)
+    except ValueError as e:
+        raise app.UsageError(f"--markdown: {e}")
     drew = figure(rows, groups, FLAGS.figure)
-    os.makedirs(os.path.dirname(FLAGS.summary), exist_ok=True)
-    atomic_write_json({"teachers": rows, "students": groups, "paired_against_kd_ce": comparisons,
-                       "ce_teachers_in_mean": ce, "paired_against_mean_of_ce_teachers": ce_all,
-                       "teacher_level": level, "paired_rkd_icc_against_rkd_ce": rkd,
-                       "holm_against_mean_of_ce_teachers": ce_all_holm, "twoview_ce_teachers_in_mean": twoview,
-                       "paired_against_mean_of_twoview_ce_teachers": twoview_all, "holm_against_twoview": twoview_holm,
-                       "rule": {k: {"rule": r, "rank_test": t} for k, (r, t) in rules.items()},
-                       "long_students_rule": {k: {"rule": r, "paired": t} for k, (r, t) in long_rules.items()},
-                       "paired_scratch_icc_against_scratch_ce": scratch},
-                      FLAGS.summary)
+    write_json(FLAGS.summary, {
+        "teachers": rows, "students": groups, "paired_against_kd_ce": comparisons, "ce_teachers_in_mean": ce,
+        "paired_against_mean_of_ce_teachers": ce_all, "teacher_level": level, "paired_rkd_icc_against_rkd_ce": rkd,
+        "holm_against_mean_of_ce_teachers": ce_all_holm, "twoview_ce_teachers_in_mean": twoview,
+        "paired_against_mean_of_twoview_ce_teachers": twoview_all, "holm_against_twoview": twoview_holm,
+        "rule": {k: {"rule": r, "rank_test": t} for k, (r, t) in rules.items()},
+        "long_students_rule": {k: {"rule": r, "paired": t} for k, (r, t) in long_rules.items()},
+        "paired_scratch_icc_against_scratch_ce": scratch})
     print(f"tables: {FLAGS.markdown}\nsummary: {FLAGS.summary}" + (f"\nfigure: {FLAGS.figure}" if drew else ""))
 
 

@@ -8,8 +8,14 @@ import itertools
 import json
 import os
 import re
+import sys
 
 import numpy as np
+
+# the package of this checkout, for its atomic writers
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 STUDENT = re.compile(r"^(.+)_seed(\d+)$")
 
@@ -241,3 +247,42 @@ def student_table(groups, settings, labels):
                                for s, l, b, e in zip(g["seeds"], g["last"], g["best"], g["best_epoch"]))])
     return table(["setting", "teacher (top-1 %)", "seeds", "last epoch top-1 (%)", "best epoch top-1 (%)",
                   "per seed: last / best (best epoch)"], rows)
+
+
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+
+
+def write_tables(markdown, text):
+    """Replaces what lies between the BEGIN / END markers of the results file `markdown` with `text`
+    (atomically; the rest of the file, written by hand, is kept); prints `text` when the file does not exist.
+    A file without both markers is refused (ValueError) rather than overwritten."""
+    if not os.path.isfile(markdown):
+        print(text)
+        return
+    doc = open(markdown).read()
+    if BEGIN not in doc or END not in doc:
+        raise ValueError(f"{markdown!r} lacks the {BEGIN} / {END} markers")
+    from keras_icckd.training import atomic_write_text
+
+    head, rest = doc.split(BEGIN, 1)
+    atomic_write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1], markdown)
+
+
+def write_json(path, payload):
+    """Writes the report's numbers atomically (a crash leaves the previous file, never half of one)."""
+    from keras_icckd.training import atomic_write_json
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write_json(payload, path)
+
+
+def save_figure(fig, path):
+    """Lays out and writes a report's matplotlib figure atomically (a crash leaves the previous file), then
+    closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

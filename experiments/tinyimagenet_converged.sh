@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CIFAR-10 converged design on Tiny-ImageNet at 32 x 32 (experiments/results/tinyimagenet_converged.md).
 #
-#   bash experiments/tinyimagenet_converged.sh [STAGE ...]    # scratch teachers students (default: all)
+#   bash experiments/tinyimagenet_converged.sh [STAGE ...]    # scratch teachers students report (default: all)
 #
 # scratch: the CE resnet20 teacher from scratch (flags/tinyimagenet_converged/scratch_teacher.flags) and its
 #   evaluation. teachers: its fine-tunes, one-view CE, two-view CE, ICC lambda 0.05 and 0.1, fine-tuning seeds
@@ -9,7 +9,8 @@
 #   1, 2. Finished runs (here or committed under experiments/results/tinyimagenet_converged) are reused and an
 #   interrupted one resumes: the same command continues after a kill or in a fresh clone. Each finished run's
 #   metrics.json (and the teachers' model.keras, which the next stage reads) is copied under the results folder
-#   to be committed.
+#   to be committed. report: the tables, the rule's answer and the figure from those copies
+#   (experiments/tinyimagenet_report.py).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/experiments/ensure_env.sh"
@@ -18,7 +19,7 @@ export KERAS_BACKEND="${KERAS_BACKEND:-tensorflow}" TF_CPP_MIN_LOG_LEVEL=2
 out="${OUT:-runs/tinyimagenet_converged}"
 flags=experiments/flags/tinyimagenet_converged
 committed=experiments/results/tinyimagenet_converged
-stages="${*:-scratch teachers students}"
+stages="${*:-scratch teachers students report}"
 py=.venv/bin/python
 mkdir -p "$out" "$committed"
 cp -rn "$committed/." "$out/"
@@ -63,4 +64,7 @@ if [[ " $stages " == *" students "* ]]; then
         --teacher="$out/$teacher/model.keras" --objectives=kd:0.9 --ce_weight=0.1
     done
   done
+fi
+if [[ " $stages " == *" report "* ]]; then
+  $py experiments/tinyimagenet_report.py --results_dir="$committed"
 fi
