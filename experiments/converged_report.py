@@ -219,6 +219,28 @@ def figure(rows, groups, path):
     return True
 
 
+def gap_change(long, short, complete):
+    """Part 3's question, "does the gap grow, shrink or vanish?", by the rule stated before its runs: D and s
+    of the 15-epoch pair (`long`) against D of the same teachers' 3-epoch students (`short`); "by more than
+    s" uses the 15-epoch s. `complete`: both 15-epoch arms have every seed."""
+    if long is None or short is None or not complete:
+        return "not yet (needs both 15-epoch arms with seeds 0, 1, 2)."
+    d15, d3, s = long["difference"], short["difference"], long["spread"]
+    if long["counts"] and d15 - d3 > s:
+        verdict = "the gap grows"
+    elif short["counts"] and not long["counts"]:
+        verdict = "the gap vanishes"
+    elif long["counts"] and short["counts"] and d3 - d15 > s:
+        verdict = "the gap shrinks"
+    else:
+        verdict = "the two schedules are not told apart"
+    alone = ("counts" if long["counts"] else "does not count") + (
+        " (KD from the ICC teacher ahead)" if long["counts"] and d15 > 0
+        else " (KD from the two-view CE teacher ahead)" if long["counts"] else "")
+    return (f"{verdict}: D = {d15:+.2f} with 15 epochs against {d3:+.2f} with 3 (s = {s:.2f} over the 15-epoch "
+            f"arms); by itself the 15-epoch D {alone}.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -312,6 +334,9 @@ def main(argv):
               rule_table([("(d) 15 epochs: the chosen ICC teacher against its two-view CE control",
                            *long_rules["long"]),
                           ("(e) the same two teachers, 3-epoch students (part 2)", *long_rules["short"])]), "",
+              "**Does the gap grow, shrink or vanish (the rule stated before part 3's runs)?** " + gap_change(
+                  long_rules["long"][0], long_rules["short"][0],
+                  all(k in groups and {0, 1, 2} <= set(groups[k]["seeds"]) for k in LONG[:2])), "",
               "### KD + RKD: from the best ICC teacher against from the CE teacher (paired by seed; difference "
               "= Ours+RKD - KD + RKD from the CE teacher)", "",
               paired_table(rkd, ["rkd_icc"], LABELS) if rkd

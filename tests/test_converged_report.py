@@ -254,6 +254,28 @@ def test_report_part3_long_students(tmp_path):
     # (e): D = 71.50 - 71.17 = +0.33, s = (0.50 + 0.29) / 2 = 0.39: does not count
     assert "| (e) the same two teachers, 3-epoch students (part 2) | 1 against 1 | +0.33 | 0.39 | no |" in part3
     assert numbers["long_students_rule"]["long"]["rule"]["counts"] is True
+    # the 15-epoch D counts and exceeds the 3-epoch D by 1.17 > s = 0.75
+    assert "**Does the gap grow, shrink or vanish (the rule stated before part 3's runs)?** the gap grows: D = +1.50 " \
+           "with 15 epochs against +0.33 with 3 (s = 0.75 over the 15-epoch arms); by itself the 15-epoch D counts " \
+           "(KD from the ICC teacher ahead)." in part3
     # the long arms stay out of part 1's tables and tests
     assert "15 epochs" not in text.split("### Part 3")[0]
     assert "kd_icc0.05_long" not in numbers["paired_against_mean_of_ce_teachers"]
+
+
+def rule(d, s):
+    return {"difference": d, "spread": s, "counts": abs(d) > s}
+
+
+@pytest.mark.parametrize("long,short,words", [
+    (rule(1.5, 0.75), rule(0.33, 0.39), "the gap grows"),
+    (rule(0.9, 0.75), rule(0.33, 0.39), "the two schedules are not told apart"),  # counts, but only 0.57 more
+    (rule(0.2, 0.75), rule(1.0, 0.39), "the gap vanishes"),
+    (rule(1.0, 0.3), rule(2.0, 0.39), "the gap shrinks"),
+    (rule(1.8, 0.3), rule(2.0, 0.39), "the two schedules are not told apart"),
+    (rule(-1.0, 0.3), rule(0.2, 0.39), "the two schedules are not told apart"),
+])
+def test_gap_change_follows_the_stated_rule(long, short, words):
+    assert converged_report.gap_change(long, short, True).startswith(words + ":")
+    assert converged_report.gap_change(long, short, False).startswith("not yet")
+    assert converged_report.gap_change(None, short, True).startswith("not yet")
