@@ -407,6 +407,29 @@ def plain_model(model, *, input_format="normalized", normalization=None):
     return plain
 
 
+def load_plain(path):
+    """The plain model in a .keras file written by `save_plain` (an export's model.keras), its metadata as
+    `keras_icckd_metadata`; None when `path` holds no such model (no metadata with an input format, or not
+    one input and one logits output), e.g. a training run's file, which `export.load_student` reads.
+
+    Raises:
+        ExportError: the file says it is a plain model of this project but does not load.
+    """
+    import keras
+
+    metadata = read_metadata(path) if path.endswith(".keras") else None
+    if not metadata or "input_format" not in metadata:
+        return None
+    try:
+        plain = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001  (Keras raises several types on bad archives)
+        raise ExportError(f"{path!r} holds a plain model's metadata but does not load: {e}") from e
+    if not isinstance(plain, keras.Model) or len(plain.inputs) != 1 or len(plain.outputs) != 1:
+        return None
+    plain.keras_icckd_metadata = check_metadata(metadata)
+    return plain
+
+
 def save_plain(plain, path, metadata=None):
     """Saves a plain model as .keras (atomically), its metadata in the archive's metadata.json."""
     from keras_icckd.training import atomic_save_model

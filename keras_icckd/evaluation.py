@@ -176,8 +176,10 @@ def predict(model, images, batch_size=256, embedding=True):
     """Logits (and the "embedding" output of a backbone) of normalised images, inference mode.
 
     Args:
-        model: a keras_icckd backbone, or a `keras_icckd.export.TFLiteRunner` (logits only).
-        images: (N, H, W, C) float images, normalised as the model is fed.
+        model: a keras_icckd backbone, a plain model (`keras_icckd.deploy.plain_model`; logits only) or a
+            `keras_icckd.export.TFLiteRunner` (logits only).
+        images: (N, H, W, C) images as the model is fed (normalised floats, or pixels for a model that
+            takes them).
         batch_size: inference batch size.
         embedding: also return the backbone's embedding.
 
@@ -190,6 +192,8 @@ def predict(model, images, batch_size=256, embedding=True):
 
     if isinstance(model, TFLiteRunner):
         return model(np.asarray(images, "float32"), chunk=batch_size), None
+    if not isinstance(model.output, dict):  # a plain model (keras_icckd.deploy): its one output is the logits
+        return model.predict(np.asarray(images), batch_size=batch_size, verbose=0).astype("float32"), None
     outputs = {"logits": model.output["logits"]}
     if embedding:
         outputs["embedding"] = model.output["embedding"]

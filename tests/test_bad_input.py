@@ -105,7 +105,7 @@ FLAG_CASES = [
     (["--mode=student", "--objectives=kd:1"], "--objectives='kd:1' is not allowed: expected no value without --teacher"),
     (["--mode=student", "--ce_weight=0.5"], "--ce_weight=0.5 is not allowed: expected no value without --teacher"),
     (["--mode=student", "--teacher="], "--teacher='' is not allowed"),
-    (["--mode=evaluate"], "--model=None is not allowed: expected an existing .keras file written by keras_icckd or"),
+    (["--mode=evaluate"], "--model=None is not allowed: expected an existing .keras file written by keras_icckd (a run"),
     (["--mode=evaluate", "--model={text}", "--evaluate_temperature=0"], "--evaluate_temperature=0.0 is not allowed"),
     (["--dataset=cifar100"], "--data_dir=None is not allowed: expected a path with --dataset=cifar100"),
     (["--dataset=folder", "--data_dir=/nonexistent/cifar"], "--data_dir='/nonexistent/cifar' is not allowed"),

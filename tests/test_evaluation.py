@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_icckd import backbones, data, evaluation, export
+from keras_icckd import backbones, data, deploy, evaluation, export
 from keras_icckd.models import ContrastiveTeacher
 from test_run import run
 
@@ -176,6 +176,37 @@ def test_evaluate_a_tflite_export_of_the_plain_student(files, tmp_path):
     assert metrics["test_top1"] == expected["test_top1"] and metrics["soft_labels"]["temperature"] == 4.0
     assert metrics["soft_labels"]["mean_off_class_mass"] == pytest.approx(
         expected["soft_labels"]["mean_off_class_mass"], abs=1e-5)
+
+
+@pytest.mark.parametrize("input_format", ["normalized", "uint8"])
+def test_evaluate_an_exported_plain_keras_file(files, tmp_path, input_format):
+    """A plain .keras file (built-in layers only, as --export_formats=keras writes) is evaluated like the
+    backbone it came from: fed normalised images or, for the uint8 format, the raw pixels."""
+    splits = files["splits"]
+    mean, std = data.normalization_for(splits)
+    plain = deploy.plain_model(files["student"][1], input_format=input_format,
+                               normalization={"mean": list(mean), "std": list(std)})
+    path = str(tmp_path / "plain.keras")
+    deploy.save_plain(plain, path)
+    metrics = _evaluate(path, str(tmp_path / "out"))
+    logits, _ = evaluation.predict(files["student"][1], files["images"], embedding=False)
+    expected = evaluation.evaluate_logits(logits, splits.test_labels, 3)
+    assert metrics["format"] == "keras (plain)" and "class_distances" not in metrics
+    assert metrics["test_top1"] == expected["test_top1"]
+    assert metrics["confusion_matrix"] == expected["confusion_matrix"]
+    assert metrics["soft_labels"]["mean_entropy"] == pytest.approx(expected["soft_labels"]["mean_entropy"], abs=1e-4)
+    assert metrics["normalization"]["mean"] == pytest.approx(list(mean))
+
+
+def test_evaluate_refuses_a_keras_file_that_is_not_ours(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    foreign = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    path = str(tmp_path / "foreign.keras")
+    foreign.save(path)
+    out = str(tmp_path / "out")
+    result = run([*SYNTHETIC, "--mode=evaluate", f"--model={path}", f"--output_dir={out}"])
+    assert result.returncode != 0 and "not a keras_icckd student backbone" in result.stderr, result.stderr[-2000:]
+    assert not os.path.isdir(out) or not os.listdir(out)
 
 
 def test_evaluate_refuses_a_model_for_other_data(files, tmp_path):

@@ -219,21 +219,37 @@ def test_usage_errors_are_one_line_without_the_flag_help(tmp_path):
     assert not os.path.exists(os.path.join(out, "metrics.json"))
 
 
+def with_metadata(model_path, change):
+    """Rewrites the metadata recorded in a teacher run's model file: `change(metadata)` gives the new one."""
+    model = keras.saving.load_model(model_path)
+    model.backbone.set_metadata(change(dict(model.backbone.metadata)))
+    model.save(model_path)
+
+
 def test_a_teacher_run_on_other_data_is_refused_or_named(teacher_run, tmp_path):
-    """The teacher's own run record (metrics.json beside model.keras): other input normalisation is
-    refused; another dataset is named in a warning."""
+    """The normalisation and dataset recorded in the teacher's file: other input normalisation is refused;
+    another dataset is named in a warning. A file without metadata (written before models carried it) is
+    checked against its run's record (metrics.json beside it) instead."""
     teacher = copy_of(teacher_run[0], tmp_path, "teacher")
-    path = os.path.join(teacher, "metrics.json")
+    model_path, path = os.path.join(teacher, "model.keras"), os.path.join(teacher, "metrics.json")
     record = json.load(open(path))
-    student = [*SMALL, "--mode=student", f"--teacher={teacher}/model.keras", "--student_arch=resnet8", "--epochs=1",
+    student = [*SMALL, "--mode=student", f"--teacher={model_path}", "--student_arch=resnet8", "--epochs=1",
                "--lr_decay_epochs=", "--notensorboard", f"--output_dir={tmp_path / 'student'}"]
-    json.dump(dict(record, normalization={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}), open(path, "w"))
+    other = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    with_metadata(model_path, lambda m: dict(m, normalization=other))
     result = run(student)
     assert result.returncode == 1
-    assert (f"--teacher='{teacher}/model.keras' was trained on {record['dataset']} images normalised with mean "
-            f"[0.5, 0.5, 0.5], std [0.25, 0.25, 0.25] ({path}), but --dataset=synthetic") in result.stderr, \
-        result.stderr[-2000:]
-    json.dump(dict(record, dataset="cifar10-jpeg"), open(path, "w"))
+    assert (f"--teacher='{model_path}' was trained on {record['dataset']} images normalised with mean "
+            "[0.5, 0.5, 0.5], std [0.25, 0.25, 0.25] (recorded in the file), but --dataset=synthetic") in \
+        result.stderr, result.stderr[-2000:]
+    with_metadata(model_path, lambda m: dict(m, normalization=record["normalization"], dataset="cifar10-jpeg"))
     result = run(student)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"was trained on cifar10-jpeg ({path}), this run distils on {record['dataset']}" in result.stderr
+    assert (f"was trained on cifar10-jpeg (recorded in the file), this run distils on {record['dataset']}"
+            in result.stderr)
+    # no metadata in the file: the run record beside it decides
+    with_metadata(model_path, lambda m: None)
+    json.dump(dict(record, normalization=other), open(path, "w"))
+    result = run([*student[:-1], f"--output_dir={tmp_path / 'student2'}"])
+    assert result.returncode == 1
+    assert f"std [0.25, 0.25, 0.25] ({path}), but --dataset=synthetic" in result.stderr, result.stderr[-2000:]

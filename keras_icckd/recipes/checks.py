@@ -54,7 +54,8 @@ def validate(config):
         validate_import(config, need)
     if config.mode == "evaluate":
         need(config.model and os.path.isfile(config.model) and config.model.endswith((".keras", ".tflite")), "model",
-             "an existing .keras file written by keras_icckd or .tflite file written by --mode=export")
+             "an existing .keras file written by keras_icckd (a run's model or an exported plain model) or "
+             ".tflite file written by --mode=export")
         need(config.evaluate_temperature > 0, "evaluate_temperature", "> 0")
     if config.mode == "export":
         need(config.model and os.path.isfile(config.model) and config.model.endswith(".keras"), "model",

@@ -245,29 +245,47 @@ def check_fits_data(config, flag, model, splits):
         raise ConfigError(f"{e} (--dataset={config.dataset})")
 
 
-def check_teacher_run(config, splits):
-    """--teacher trained by this project (its run's metrics.json beside it): refuses a teacher trained on
-    images normalised otherwise than this run's (it would see shifted inputs), and warns when it was
-    trained on another dataset (e.g. a synthetic teacher for real images: its soft labels are noise)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(config.teacher)), "metrics.json")
+def teacher_record(path, teacher):
+    """(dataset name, mean, std, where it was read) of the images a --teacher trained by this project was fed:
+    the metadata saved in its file, or for files written before models carried metadata, the run's metrics.json
+    beside it. None when neither tells (e.g. a wrapped Keras model); imported models record their feed
+    normalisation themselves (`check_fits_data` checks it)."""
+    if getattr(teacher, "input_normalization", None) is not None:
+        return None
+    metadata = getattr(teacher, "metadata", None) or {}
+    if "normalization" in metadata:
+        norm = metadata["normalization"]
+        return (metadata.get("dataset", "unnamed"), list(map(float, norm["mean"])), list(map(float, norm["std"])),
+                "recorded in the file")
+    record = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
     try:
-        with open(path) as f:
+        with open(record) as f:
             run_ = json.load(f)
-        name, trained_mean, trained_std = run_["dataset"], run_["normalization"]["mean"], run_["normalization"]["std"]
-        trained_mean, trained_std = list(map(float, trained_mean)), list(map(float, trained_std))
         if run_.get("mode") not in ("teacher", "student"):
-            return
+            return None
+        return (run_["dataset"], list(map(float, run_["normalization"]["mean"])),
+                list(map(float, run_["normalization"]["std"])), record)
     except (OSError, ValueError, KeyError, TypeError):
-        return  # no record of how the teacher was trained (e.g. an imported model, which records its own)
+        return None
+
+
+def check_teacher_run(config, splits, teacher):
+    """--teacher trained by this project (`teacher`: it, loaded): refuses a teacher trained on images
+    normalised otherwise than this run's (it would see shifted inputs), and warns when it was trained on
+    another dataset (e.g. a synthetic teacher for real images: its soft labels are noise)."""
+    recorded = teacher_record(config.teacher, teacher)
+    if recorded is None:
+        return
+    name, trained_mean, trained_std, source = recorded
     mean, std = (list(map(float, v)) for v in normalization_of(splits))
     close = (lambda a, b: len(a) == len(b) and all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b)))
     if not (close(trained_mean, mean) and close(trained_std, std)):
         raise ConfigError(f"--teacher={config.teacher!r} was trained on {name} images normalised with mean "
-                             f"{trained_mean}, std {trained_std} ({path}), but --dataset={config.dataset} "
-                             f"({splits.name}) feeds mean {mean}, std {std}")
+                          f"{trained_mean}, std {trained_std} ({source}), but --dataset={config.dataset} "
+                          f"({splits.name}) feeds mean {mean}, std {std}")
     if name != splits.name:
         logging.warning("--teacher=%s was trained on %s (%s), this run distils on %s: its soft labels only help "
-                        "if the images are alike", config.teacher, name, path, splits.name)
+                        "if the images are alike", config.teacher, name, source, splits.name)
 
 
 RUN_OUTPUTS = ("checkpoint.npz", "model.keras", "metrics.json", "curves.png", "log.csv")  # a training run's files
@@ -392,7 +410,7 @@ def build_student(config, splits, steps, teacher=None):
         return build_plain_student(config, splits)
     teacher = teacher or load_student_teacher(config)
     check_fits_data(config, "teacher", teacher, splits)
-    check_teacher_run(config, splits)
+    check_teacher_run(config, splits, teacher)
     student = new_backbone(config, "student_arch", splits)
     try:
         distiller = Distiller(teacher, student, config.objectives, ce_weight=config.ce_weight,
@@ -681,8 +699,14 @@ def run_import(config):
     return RunOutputs(results, {"model": model_path, "metrics": metrics_path})
 
 
+def plain(model):
+    """Whether `model` is a plain model (keras_icckd.deploy.load_plain) rather than a backbone or a TFLite file."""
+    return hasattr(model, "keras_icckd_metadata") and not isinstance(getattr(model, "output", None), dict)
+
+
 def run_evaluate(config):
-    """--mode=evaluate: metrics.json and evaluation.png of --model (.keras or .tflite) on the test set."""
+    """--mode=evaluate: metrics.json and evaluation.png of --model on the test set: a .keras file of a run (a
+    backbone or teacher), an exported plain .keras file or a .tflite file."""
     import keras
 
     from keras_icckd import deploy, evaluation, export, training
@@ -699,8 +723,14 @@ def run_evaluate(config):
         try:
             model = export.load_student(path)
         except export.ExportError as e:
-            raise ConfigError(f"--model={path!r}: {e}")
-        classes, shape, name = model.num_classes, tuple(model.input.shape[1:]), model.name
+            try:  # an exported plain model (--export_formats=keras): built-in layers, logits out
+                model = deploy.load_plain(path)
+            except export.ExportError as bad:
+                raise ConfigError(f"--model={path!r}: {bad}")
+            if model is None:
+                raise ConfigError(f"--model={path!r}: {e}")
+        classes = int(model.outputs[0].shape[-1]) if plain(model) else model.num_classes
+        shape, name = tuple(model.input.shape[1:]), model.name
     splits = load_splits(config)
     data_shape = tuple(splits.test_images.shape[1:])
     if classes != splits.num_classes or shape != data_shape:
@@ -712,21 +742,23 @@ def run_evaluate(config):
         if metadata is None and os.path.isfile(report_path):
             metadata = {"normalization": json.load(open(report_path)).get("normalization")}
         metadata = metadata or {}
+    elif plain(model):
+        metadata = model.keras_icckd_metadata
     else:
         check_fits_data(config, "model", model, splits)
         metadata = model.metadata or {}
     input_format = metadata.get("input_format", "normalized")
     mean, std = model_normalization(metadata.get("normalization"), splits, f"--model={path!r}")
     logging.info("evaluating %s on %d %s test images", path, len(splits.test_labels), splits.name)
-    images = splits.test_images.astype("float32") if input_format != "normalized" \
-        else normalise(splits.test_images, mean, std)
+    images = (splits.test_images.astype("uint8" if input_format == "uint8" and plain(model) else "float32")
+              if input_format != "normalized" else normalise(splits.test_images, mean, std))
     logits, _ = evaluation.predict(model, images, config.eval_batch_size, embedding=False)
-    results = {"mode": "evaluate", "model": os.path.abspath(path), "format": "tflite" if path.endswith(".tflite")
-               else "keras", "arch": name, "dataset": splits.name, "num_classes": splits.num_classes,
+    kind = "tflite" if path.endswith(".tflite") else "keras (plain)" if plain(model) else "keras"
+    results = {"mode": "evaluate", "model": os.path.abspath(path), "format": kind, "arch": name, "dataset": splits.name, "num_classes": splits.num_classes,
                "class_names": list(splits.class_names), "normalization": {"mean": list(mean), "std": list(std)},
                **evaluation.evaluate_logits(logits, splits.test_labels, splits.num_classes,
                                             temperature=config.evaluate_temperature)}
-    if not path.endswith(".tflite") and config.diagnostic_examples:
+    if kind == "keras" and config.diagnostic_examples:  # the embedding: a backbone's second output
         sample = splits.subset(max_test=min(config.diagnostic_examples, len(splits.test_labels)), seed=config.seed)
         _, embeddings = evaluation.predict(model, normalise(sample.test_images, mean, std), config.eval_batch_size)
         results["class_distances"] = {"num_examples": len(sample.test_labels),
