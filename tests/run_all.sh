@@ -17,7 +17,7 @@ status=0
 if [[ -n "${SEQUENTIAL:-}" ]]; then
   for backend in "${backends[@]}"; do
     echo "=== KERAS_BACKEND=$backend ==="
-    KERAS_BACKEND=$backend "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" || status=1
+    KERAS_BACKEND=$backend "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=25 "$@" || status=1
   done
   exit $status
 fi
@@ -25,7 +25,7 @@ logs="$(mktemp -d)"
 trap 'rm -rf "$logs"; kill "${heartbeat:-}" 2>/dev/null' EXIT
 pids=()
 for backend in "${backends[@]}"; do
-  KERAS_BACKEND=$backend "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" >"$logs/$backend" 2>&1 &
+  KERAS_BACKEND=$backend "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=25 "$@" >"$logs/$backend" 2>&1 &
   pids+=($!)
   echo "started the $backend session (pid $!)"
 done
