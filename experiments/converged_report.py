@@ -157,24 +157,30 @@ def figure(rows, groups, path):
         return False
     lambdas = [r["lambda"] for r in ft]
     x = np.arange(len(lambdas))
-    # teachers fine-tuned with another seed: hollow markers beside their lambda
+    # teachers fine-tuned with another seed: hollow markers beside their lambda; the two-view CE teachers
+    # (part 2): hollow squares left of lambda 0
     others, beside = [], {}
     for r in sorted(named, key=lambda r: (r["lambda"], r["seed"])):
         if r["kind"] == "ft" and r["seed"] != 0 and r["lambda"] in lambdas:
             beside[r["lambda"]] = beside.get(r["lambda"], 0) + 1
             others.append((lambdas.index(r["lambda"]) + 0.12 * beside[r["lambda"]], r))
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    twoview = [(-0.12 * (i + 1), r) for i, r in enumerate(sorted((r for r in named if r["kind"] == "twoview"),
+                                                                 key=lambda r: r["seed"]))]
+    fig, axes = plt.subplots(1, 5, figsize=(21, 4.2))
     measures = [("teacher test top-1 (%)", lambda r: r["test_top1"]),
                 ("teacher intra / inter-class distance", lambda r: r.get("eval_ratio") or r["intra_inter_ratio"]),
                 ("teacher soft-label entropy at T = 4 (nats)", lambda r: r.get("entropy"))]
     for ax, (label, measure) in zip(axes, measures):
-        ys = {id(r): np.nan if measure(r) is None else measure(r) for r in ft + [r for _, r in others]}
+        ys = {id(r): np.nan if measure(r) is None else measure(r) for r in ft + [r for _, r in others + twoview]}
         ax.plot(x, [ys[id(r)] for r in ft], marker="o", label="fine-tuning seed 0")
         for i, (pos, r) in enumerate(others):
             ax.plot([pos], [ys[id(r)]], marker="o", mfc="none", linestyle="", color="C1",
                     label="another fine-tuning seed" if i == 0 else None)
-        if others:
-            ax.legend(fontsize=8)
+        for i, (pos, r) in enumerate(twoview):
+            ax.plot([pos], [ys[id(r)]], marker="s", mfc="none", linestyle="", color="C2",
+                    label="two-view CE (lambda 0)" if i == 0 else None)
+        if others or twoview:
+            ax.legend(fontsize=7)
         ax.set_ylabel(label)
         # at least 2 % of the value from bottom to top, so that differences of a few hundredths do not
         # fill the panel
@@ -186,7 +192,7 @@ def figure(rows, groups, path):
     ax = axes[3]
     # the KD arm of each teacher (plain KD only)
     kd_of = {teacher: s for s, (_, teacher) in SETTINGS.items()
-             if teacher and s.startswith(("kd_ce", "kd_icc")) and s not in LONG}
+             if teacher and s.startswith(("kd_ce", "kd_icc", "kd_twoview")) and s not in LONG}
 
     def kd(r):
         g = groups.get(kd_of.get(r["name"]))
@@ -194,27 +200,48 @@ def figure(rows, groups, path):
 
     means, stds = zip(*(kd(r) for r in ft))
     ax.errorbar(x, means, yerr=stds, marker="o", capsize=4, label="KD from the teacher")
-    hollow = [(pos, kd(r)) for pos, r in others if kd_of.get(r["name"]) in groups]
-    for i, (pos, (mean, std)) in enumerate(hollow):
-        ax.errorbar([pos], [mean], yerr=[std], marker="o", mfc="none", linestyle="", capsize=4, color="C1",
-                    label="KD from a teacher of another fine-tuning seed" if i == 0 else None)
-    twoview = [(k, groups[k]) for k in TWOVIEW_KD if k in groups]
-    for i, (_, g) in enumerate(twoview):  # the two-view CE control, left of lambda 0
-        std = g["last_mean_std"][1] if len(g["seeds"]) > 1 else 0.0
-        ax.errorbar([-0.12 * (i + 1)], [g["last_mean_std"][0]], yerr=[std], marker="s", mfc="none", linestyle="",
-                    capsize=4, color="C2", label="KD from a two-view CE teacher" if i == 0 else None)
-    for setting, style in (("alone", ":"), ("dkd", "--"), ("crd", "-.")):
-        if setting in groups:
-            ax.axhline(groups[setting]["last_mean_std"][0], linestyle=style, color="grey", label=setting.upper()
-                       if setting != "alone" else "alone")
+    for kind, (points, marker, color, label) in enumerate([
+            (others, "o", "C1", "KD from a teacher of another fine-tuning seed"),
+            (twoview, "s", "C2", "KD from a two-view CE teacher")]):
+        shown = [(pos, kd(r)) for pos, r in points if kd_of.get(r["name"]) in groups]
+        for i, (pos, (mean, std)) in enumerate(shown):
+            ax.errorbar([pos], [mean], yerr=[std], marker=marker, mfc="none", linestyle="", capsize=4, color=color,
+                        label=label if i == 0 else None)
+    # the references far below the KD arms are named, not drawn (they would flatten the panel)
+    below = [f"{name} {groups[s]['last_mean_std'][0]:.2f}" for s, name in (("alone", "alone"), ("dkd", "DKD"),
+                                                                           ("crd", "CRD")) if s in groups]
+    if below:
+        ax.set_title("below the axis: " + ", ".join(below), fontsize=8)
     ax.set_ylabel("resnet8 student test top-1 (%), last epoch")
-    ax.legend(fontsize=8)
-    for ax in axes:
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.5 * (high - low))  # headroom for the legend
+    ax.legend(fontsize=7, loc="upper left")
+    for ax in axes[:4]:
         ax.set_xticks(x, [f"{lam:g}" for lam in lambdas])
-        ax.set_xlabel("lambda (0 = CE teacher)")
+        ax.set_xlabel("lambda (0 = CE teacher; squares: two-view CE)")
         ax.grid(alpha=0.3)
+    ax = axes[4]  # part 3: the 15-epoch students' curves, mean over seeds with their range
+    drawn = False
+    for i, setting in enumerate(LONG):
+        runs_ = [r for r in groups.get(setting, {}).get("curves", []) if r]
+        if runs_:
+            length = min(len(r) for r in runs_)
+            curves = np.array([r[:length] for r in runs_])
+            epochs = np.arange(1, length + 1)
+            ax.plot(epochs, curves.mean(0), marker=".", color=f"C{i}",
+                    label=f"{SETTINGS[setting][0].split(' for 15 epochs')[0]} ({len(runs_)} seeds)")
+            ax.fill_between(epochs, curves.min(0), curves.max(0), color=f"C{i}", alpha=0.2)
+            drawn = True
+    if drawn:
+        ax.legend(fontsize=7, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "part 3 (15-epoch students): not yet", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("15-epoch student test top-1 (%)")
+    ax.grid(alpha=0.3)
     fig.suptitle("Converged-scale CIFAR-10 (JPEG copy): resnet20 teachers fine-tuned from the published "
-                 "weights, resnet8 students; mean +- sample std over seeds", fontsize=10)
+                 "weights, resnet8 students; mean +- sample std over seeds (part 3: mean and range over seeds)",
+                 fontsize=10)
     save_figure(fig, path)
     return True
 

@@ -211,6 +211,9 @@ def students(results):
                             if len(m["history"]) >= 3 and all("test_top1" in r for r in m["history"][-3:])
                             else None for _, m in runs],
             "last_mean_std": mean_std(last), "best_mean_std": mean_std(best),
+            # test top-1 per epoch of each seed (None for a run whose history lacks it)
+            "curves": [[r["test_top1"] for r in m["history"]] if all("test_top1" in r for r in m["history"])
+                       else None for _, m in runs],
             "teacher": os.path.basename(os.path.dirname(first["teacher"])) if "teacher" in first else None,
             "teacher_test_top1": first.get("teacher_test_top1"),
             "objectives": first.get("objectives"), "ce_weight": first.get("ce_weight"),

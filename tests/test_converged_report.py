@@ -254,6 +254,8 @@ def test_report_part3_long_students(tmp_path):
     # (e): D = 71.50 - 71.17 = +0.33, s = (0.50 + 0.29) / 2 = 0.39: does not count
     assert "| (e) the same two teachers, 3-epoch students (part 2) | 1 against 1 | +0.33 | 0.39 | no |" in part3
     assert numbers["long_students_rule"]["long"]["rule"]["counts"] is True
+    # the figure's part-3 panel reads each seed's curve
+    assert numbers["students"]["kd_icc0.05_long"]["curves"][2] == pytest.approx([71.0, 73.0, 73.8, 74.0])
     # the 15-epoch D counts and exceeds the 3-epoch D by 1.17 > s = 0.75
     assert "**Does the gap grow, shrink or vanish (the rule stated before part 3's runs)?** the gap grows: D = +1.50 " \
            "with 15 epochs against +0.33 with 3 (s = 0.75 over the 15-epoch arms); by itself the 15-epoch D counts " \
