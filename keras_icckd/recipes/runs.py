@@ -754,8 +754,9 @@ def run_evaluate(config):
               if input_format != "normalized" else normalise(splits.test_images, mean, std))
     logits, _ = evaluation.predict(model, images, config.eval_batch_size, embedding=False)
     kind = "tflite" if path.endswith(".tflite") else "keras (plain)" if plain(model) else "keras"
-    results = {"mode": "evaluate", "model": os.path.abspath(path), "format": kind, "arch": name, "dataset": splits.name, "num_classes": splits.num_classes,
-               "class_names": list(splits.class_names), "normalization": {"mean": list(mean), "std": list(std)},
+    results = {"mode": "evaluate", "model": os.path.abspath(path), "format": kind, "arch": name,
+               "dataset": splits.name, "num_classes": splits.num_classes, "class_names": list(splits.class_names),
+               "normalization": {"mean": list(mean), "std": list(std)},
                **evaluation.evaluate_logits(logits, splits.test_labels, splits.num_classes,
                                             temperature=config.evaluate_temperature)}
     if kind == "keras" and config.diagnostic_examples:  # the embedding: a backbone's second output
