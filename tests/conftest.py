@@ -77,6 +77,9 @@ ONE_BACKEND = {
     "tests/test_distiller.py::test_heterogeneous_pairs": "tensorflow",  # output wiring across families
     "tests/test_mixed_precision.py::test_teacher_and_distiller_train_in_mixed_precision[mixed_float16]": "tensorflow",
     "tests/test_cache.py::test_enqueue_with_a_batch_size_known_only_when_the_step_runs": "tensorflow",  # tf.function
+    # a script and the command line doing the same runs: the recipe's plumbing, not backend arithmetic
+    "tests/test_recipes.py::test_readme_script_example_runs_and_equals_the_command_line": "jax",
+    "tests/test_run.py::test_a_teacher_run_on_other_data_is_refused_or_named": "tensorflow",  # checks before work
     # the study reports: NumPy and matplotlib over JSON files, no Keras computation
     "tests/test_converged_report.py": "jax",
     "tests/test_tinyimagenet_report.py": "tensorflow",
