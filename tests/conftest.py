@@ -60,7 +60,7 @@ ONE_BACKEND = {
     "tests/test_bench.py::test_a_real_run_on_this_backend": "tensorflow",  # JAX: test_gpu_session's JAX half
     "tests/test_resume.py::test_cli_killed_run_resumes_to_the_uninterrupted_result": "tensorflow",
     "tests/test_resume.py::test_random_sigkills_never_leave_a_file_that_loads_truncated": "jax",
-    "tests/test_sweep.py::test_sweep_runs_each_flagfile_per_seed_and_tabulates": "jax",
+    "tests/test_sweep.py::test_sweep_runs_each_flagfile_per_seed_and_tabulates": "tensorflow",
     "tests/test_run.py::test_bad_flags_fail_before_any_work": "tensorflow",
     "tests/test_run.py::test_bad_student_inputs": "tensorflow",
     "tests/test_run.py::test_bad_init_model": "tensorflow",
@@ -81,7 +81,7 @@ ONE_BACKEND = {
     "tests/test_recipes.py::test_readme_script_example_runs_and_equals_the_command_line": "jax",
     "tests/test_run.py::test_a_teacher_run_on_other_data_is_refused_or_named": "tensorflow",  # checks before work
     # the study reports: NumPy and matplotlib over JSON files, no Keras computation
-    "tests/test_converged_report.py": "jax",
+    "tests/test_converged_report.py": "tensorflow",
     "tests/test_tinyimagenet_report.py": "tensorflow",
 }
 
