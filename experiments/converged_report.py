@@ -264,8 +264,9 @@ def gap_change(long, short, complete):
     alone = ("counts" if long["counts"] else "does not count") + (
         " (KD from the ICC teacher ahead)" if long["counts"] and d15 > 0
         else " (KD from the two-view CE teacher ahead)" if long["counts"] else "")
-    return (f"{verdict}: D = {d15:+.2f} with 15 epochs against {d3:+.2f} with 3 (s = {s:.2f} over the 15-epoch "
-            f"arms); by itself the 15-epoch D {alone}.")
+    reversed_ = " (the direction reversed between the schedules)" if d15 * d3 < 0 else ""
+    return (f"{verdict}{reversed_}: D = {d15:+.2f} with 15 epochs against {d3:+.2f} with 3 (s = {s:.2f} over the "
+            f"15-epoch arms; D is signed, ICC minus two-view CE); by itself the 15-epoch D {alone}.")
 
 
 def main(argv):

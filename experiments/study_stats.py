@@ -146,7 +146,7 @@ def two_sided_rank_test(a, b):
 
 
 def rule_table(rules):
-    """The three teacher-level comparisons by the pre-stated rule, with the rank tests after it."""
+    """The teacher-level comparisons (label, rule, secondary test) by the pre-stated rule, with the tests after it."""
     rows = []
     for label, rule, test in rules:
         if rule is None:
@@ -190,13 +190,14 @@ def teacher_record(run_dir, default_seed=0):
     return row
 
 
-def students(results):
+def students(results, seeds=None):
     """{setting: last/best top-1 per seed, their mean and sample std, the teacher, ...} of the finished student
     runs, read from `results`/students/<setting>_seed<N>/metrics.json."""
     groups = {}
     for path in sorted(glob.glob(os.path.join(results, "students", "*_seed*", "metrics.json"))):
         setting, seed = STUDENT.match(os.path.basename(os.path.dirname(path))).groups()
-        groups.setdefault(setting, []).append((int(seed), read(path)))
+        if seeds is None or int(seed) in seeds:  # `seeds`: only the seeds a plan names
+            groups.setdefault(setting, []).append((int(seed), read(path)))
     out = {}
     for setting, runs in groups.items():
         runs.sort()

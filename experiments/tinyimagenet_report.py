@@ -84,7 +84,7 @@ def scratch_curve(results):
     path = os.path.join(results, SCRATCH, "metrics.json")
     if not os.path.isfile(path):
         return None
-    history = read(path)["history"]
+    history = [h for h in read(path)["history"] if h.get("test_top1") is not None]
     test = [h["test_top1"] for h in history]
     tail = test[-PLATEAU_EPOCHS:]
     spread = float(max(tail) - min(tail))
@@ -94,7 +94,7 @@ def scratch_curve(results):
 
 
 def complete(groups, setting):
-    return setting in groups and set(STUDENT_SEEDS) <= set(groups[setting]["seeds"])
+    return setting in groups and set(STUDENT_SEEDS) == set(groups[setting]["seeds"])
 
 
 def arm_kd(groups, arm):
@@ -114,7 +114,9 @@ def comparisons(groups):
         done = len(a) == len(b) == len(TEACHER_SEEDS)
         out[key] = {"label": label + ("" if done or rule is None else " - incomplete arms, no answer yet"),
                     "first": first, "second": second, "rule": rule, "rank_test": test, "complete": done}
-    adjusted = holm({k: out[k]["rank_test"]["p_two_sided"] for k in HOLM if out[k]["rank_test"]})
+    # Holm over the two ICC arms once both comparisons are complete (before that, "not yet")
+    adjusted = holm({k: out[k]["rank_test"]["p_two_sided"] for k in HOLM}) if all(
+        out[k]["complete"] for k in HOLM) else {}
     for key, p in adjusted.items():
         out[key]["holm_p"] = p
     return out
@@ -163,8 +165,9 @@ def arm_means(rows):
         members = [r for r in rows.values() if r["arm"] == arm]
         if members:
             out[arm] = {"teachers": len(members)}
-            for _, key, _ in ARM_MEASURES:
-                values = [r[key] for r in members if r.get(key) is not None]
+            for _, key, _ in ARM_MEASURES:  # the ratio: the evaluation's, else the training run's last epoch
+                values = [r.get(key) or (r["intra_inter_ratio"] if key == "eval_ratio" else None) for r in members]
+                values = [v for v in values if v is not None]
                 out[arm][key] = mean_std(values) if values else None
     return out
 
@@ -251,7 +254,7 @@ def figure(rows, curve, groups, path):
 
 
 def report(results):
-    rows, groups, curve = teachers(results), students(results), scratch_curve(results)
+    rows, groups, curve = teachers(results), students(results, STUDENT_SEEDS), scratch_curve(results)
     tests, means = comparisons(groups), arm_means(rows)
     names = labels()
     settings = ["alone"] + [kd_setting(t) for arm in ARMS for t in teacher_names(arm)]

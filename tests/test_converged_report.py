@@ -258,8 +258,8 @@ def test_report_part3_long_students(tmp_path):
     assert numbers["students"]["kd_icc0.05_long"]["curves"][2] == pytest.approx([71.0, 73.0, 73.8, 74.0])
     # the 15-epoch D counts and exceeds the 3-epoch D by 1.17 > s = 0.75
     assert "**Does the gap grow, shrink or vanish (the rule stated before part 3's runs)?** the gap grows: D = +1.50 " \
-           "with 15 epochs against +0.33 with 3 (s = 0.75 over the 15-epoch arms); by itself the 15-epoch D counts " \
-           "(KD from the ICC teacher ahead)." in part3
+           "with 15 epochs against +0.33 with 3 (s = 0.75 over the 15-epoch arms; D is signed, ICC minus two-view " \
+           "CE); by itself the 15-epoch D counts (KD from the ICC teacher ahead)." in part3
     # the long arms stay out of part 1's tables and tests
     assert "15 epochs" not in text.split("### Part 3")[0]
     assert "kd_icc0.05_long" not in numbers["paired_against_mean_of_ce_teachers"]
@@ -278,6 +278,11 @@ def rule(d, s):
     (rule(-1.0, 0.3), rule(0.2, 0.39), "the two schedules are not told apart"),
 ])
 def test_gap_change_follows_the_stated_rule(long, short, words):
-    assert converged_report.gap_change(long, short, True).startswith(words + ":")
+    assert converged_report.gap_change(long, short, True).startswith((words + ":", words + " (the direction"))
     assert converged_report.gap_change(long, short, False).startswith("not yet")
     assert converged_report.gap_change(None, short, True).startswith("not yet")
+
+
+def test_gap_change_names_a_reversal():
+    text = converged_report.gap_change(rule(-1.0, 0.3), rule(0.2, 0.39), True)
+    assert "(the direction reversed between the schedules)" in text and "two-view CE teacher ahead" in text

@@ -43,7 +43,7 @@ ARMS = {"ce2": ([60.0, 61.0, 62.0], [-1.0, 0.0, 1.0]), "icc0.05": ([62.5, 63.0, 
         "ce1": ([61.0, 61.0, 61.0], [-2.0, 0.0, 2.0])}
 
 
-def fake_study(results, plateau=True, icc_kd=None):
+def fake_study(results, plateau=True, icc_kd=None, icc01_complete=False):
     curve = [10.0 + i for i in range(25)] + ([40.0, 40.5, 40.2, 40.9, 40.4] if plateau else [38.0, 39.0, 40.0,
                                                                                             41.0, 42.0])
     teacher(results, "scratch_teacher", curve[-1], 0, 0.7, 3.0, curve=curve)
@@ -59,7 +59,7 @@ def fake_study(results, plateau=True, icc_kd=None):
     for t, mean in enumerate([60.5, 61.5, 70.0]):
         name = f"ft_icc_lambda0.1_seed{t}"
         teacher(results, name, 49.0, t, 0.65, 2.5)
-        for seed, offset in enumerate([-1.0, 0.0, 1.0][: 3 if t < 2 else 2]):
+        for seed, offset in enumerate([-1.0, 0.0, 1.0][: 3 if t < 2 or icc01_complete else 2]):
             student(results, f"kd_{name}", seed, mean + offset, name)
     for seed, value in enumerate([55.0, 56.0, 57.0]):
         student(results, "alone", seed, value)
@@ -105,9 +105,9 @@ def test_report_on_a_fake_study(tmp_path):
     # one-sided p = 6 / 10, two-sided 1.000
     assert "| (d) ICC 0.1 against two-view CE (the sweep's second value) - incomplete arms, no answer yet | " \
            "2 against 3 | +0.00 | 1.00 | no | U 3 of 6, two-sided p = 1.000 |" in rule
-    # Holm over (a) and (d): 0.100 x 2 = 0.200; 1.000
-    assert "(a) ICC 0.05 against two-view CE 0.200; (d) ICC 0.1 against two-view CE 1.000." in rule
-    assert numbers["comparisons"]["icc_vs_twoview_ce"]["holm_p"] == pytest.approx(0.2)
+    # Holm over (a) and (d) waits for (d)'s arm
+    assert "Holm-adjusted over the two ICC arms: not yet." in rule
+    assert "holm_p" not in numbers["comparisons"]["icc_vs_twoview_ce"]
     assert "two-view CE teachers?** yes: D = +2.00 points exceeds the seeds' spread s = 0.75" in text
     assert numbers["comparisons"]["icc_vs_twoview_ce"]["rule"]["difference"] == pytest.approx(2.0)
 
@@ -132,6 +132,16 @@ def test_report_waits_for_complete_arms(tmp_path):
     # two complete ICC teachers (62.5, 63) against three two-view ones: D = 62.75 - 61 = +1.75 so far
     assert "two-view CE teachers?** not yet: the rule answers once both arms have their three teachers" in text
     assert "(so far D = +1.75, s = 0.80 over 2 against 3 teachers)" in text
+    assert "Holm-adjusted over the two ICC arms: not yet." in text
+
+
+def test_a_seed_outside_the_plan_is_left_out(tmp_path):
+    results = tmp_path / "results"
+    fake_study(str(results))
+    student(str(results), "kd_ft_icc_lambda0.05_seed0", 3, 10.0, "ft_icc_lambda0.05_seed0")
+    _, numbers = run_report(tmp_path, results)
+    assert numbers["students"]["kd_ft_icc_lambda0.05_seed0"]["seeds"] == [0, 1, 2]
+    assert numbers["comparisons"]["icc_vs_twoview_ce"]["rule"]["difference"] == pytest.approx(2.0)
 
 
 def test_report_without_runs_and_bad_markdown(tmp_path):
@@ -146,3 +156,14 @@ def test_report_without_runs_and_bad_markdown(tmp_path):
                            f"--summary={tmp_path / 's.json'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "lacks the <!-- tables:begin -->" in proc.stderr
     assert markdown.read_text() == "# no markers\n"
+
+
+def test_holm_once_both_icc_arms_are_complete(tmp_path):
+    results = tmp_path / "results"
+    fake_study(str(results), icc01_complete=True)
+    text, numbers = run_report(tmp_path, results)
+    # (d): ICC 0.1 teachers 60.5, 61.5, 70.0 against 60, 61, 62: U = 6 of 9; for 3 against 3 P(U >= 6) =
+    # P(U <= 3) = 7 / 20, two-sided 0.700. Holm: 0.100 x 2 = 0.200, then max(0.200, 0.700 x 1) = 0.700
+    assert "U 6 of 9, two-sided p = 0.700 |" in text
+    assert "(a) ICC 0.05 against two-view CE 0.200; (d) ICC 0.1 against two-view CE 0.700." in text
+    assert numbers["comparisons"]["icc0.1_vs_twoview_ce"]["holm_p"] == pytest.approx(0.7)

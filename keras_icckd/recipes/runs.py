@@ -248,22 +248,24 @@ def check_fits_data(config, flag, model, splits):
 def teacher_record(path, teacher):
     """(dataset name, mean, std, where it was read) of the images a --teacher trained by this project was fed:
     the metadata saved in its file, or for files written before models carried metadata, the run's metrics.json
-    beside it. None when neither tells (e.g. a wrapped Keras model); imported models record their feed
-    normalisation themselves (`check_fits_data` checks it)."""
-    if getattr(teacher, "input_normalization", None) is not None:
-        return None
+    beside it. None when neither tells (e.g. a wrapped Keras model). The dataset is None when not recorded; mean
+    and std are None for a model with an imported input layer (it records the normalisation it must be fed,
+    which `check_fits_data` checks)."""
+    imported = getattr(teacher, "input_normalization", None) is not None
     metadata = getattr(teacher, "metadata", None) or {}
     if "normalization" in metadata:
         norm = metadata["normalization"]
-        return (metadata.get("dataset", "unnamed"), list(map(float, norm["mean"])), list(map(float, norm["std"])),
-                "recorded in the file")
+        mean, std = (None, None) if imported else (list(map(float, norm["mean"])), list(map(float, norm["std"])))
+        return metadata.get("dataset"), mean, std, "recorded in the file"
     record = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
     try:
         with open(record) as f:
             run_ = json.load(f)
         if run_.get("mode") not in ("teacher", "student"):
             return None
-        return (run_["dataset"], list(map(float, run_["normalization"]["mean"])),
+        if imported:
+            return run_.get("dataset"), None, None, record
+        return (run_.get("dataset"), list(map(float, run_["normalization"]["mean"])),
                 list(map(float, run_["normalization"]["std"])), record)
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -279,11 +281,11 @@ def check_teacher_run(config, splits, teacher):
     name, trained_mean, trained_std, source = recorded
     mean, std = (list(map(float, v)) for v in normalization_of(splits))
     close = (lambda a, b: len(a) == len(b) and all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b)))
-    if not (close(trained_mean, mean) and close(trained_std, std)):
+    if trained_mean is not None and not (close(trained_mean, mean) and close(trained_std, std)):
         raise ConfigError(f"--teacher={config.teacher!r} was trained on {name} images normalised with mean "
                           f"{trained_mean}, std {trained_std} ({source}), but --dataset={config.dataset} "
                           f"({splits.name}) feeds mean {mean}, std {std}")
-    if name != splits.name:
+    if name is not None and name != splits.name:
         logging.warning("--teacher=%s was trained on %s (%s), this run distils on %s: its soft labels only help "
                         "if the images are alike", config.teacher, name, source, splits.name)
 
@@ -728,7 +730,8 @@ def run_evaluate(config):
             except export.ExportError as bad:
                 raise ConfigError(f"--model={path!r}: {bad}")
             if model is None:
-                raise ConfigError(f"--model={path!r}: {e}")
+                raise ConfigError(f"--model={path!r}: {e}, nor a plain model exported with --export_formats=keras "
+                                  "(its metadata names no input format, or it has more than one input or output)")
         classes = int(model.outputs[0].shape[-1]) if plain(model) else model.num_classes
         shape, name = tuple(model.input.shape[1:]), model.name
     splits = load_splits(config)
